@@ -8,7 +8,7 @@ and are resolved to absolute paths when read.
 Example:
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
-    >>> write_manifest(os.path.join(d, "m.jsonl"),
+    >>> _ = write_manifest(os.path.join(d, "m.jsonl"),
     ...                [{"id": "a", "audio": os.path.join(d, "a.wav"), "duration": 1.0, "text": "HI"}])
     >>> open(os.path.join(d, "m.jsonl")).read().strip()
     '{"id": "a", "audio": "a.wav", "duration": 1.0, "text": "HI"}'

@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Real recordings for tests: $ASR_SHARED_DATA, else ../shared/data beside the clone."""
+    return Path(os.environ.get("ASR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real recordings not found at {d} (set ASR_SHARED_DATA); CI always has them")
+    return d
