@@ -142,3 +142,11 @@ def test_cuda_matches_cpu():
     fe = FeatureExtractor(FeatureConfig(kind="pcen", n_mels=40))
     y = torch.from_numpy(speechlike(1.0)).unsqueeze(0)
     torch.testing.assert_close(fe.cuda()(y.cuda())[0].cpu(), fe.cpu()(y)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_blocking_equals_one_pass():
+    fe = FeatureExtractor(FeatureConfig(n_mels=40))
+    wav = torch.from_numpy(np.stack([speechlike(12.0, seed=6), speechlike(12.0, seed=7)]))
+    frames = wav.unfold(-1, fe.config.win_length, fe.config.hop_length)
+    assert frames.shape[0] * frames.shape[1] > 1024  # the blocked path is taken
+    torch.testing.assert_close(fe.mel_energies(wav), fe._mel_block(frames), rtol=1e-6, atol=0)

@@ -1,0 +1,137 @@
+"""The ``asr`` command. ``asr <subcommand> --help`` explains every flag.
+
+Subcommands available:
+  prepare librispeech ROOT --out DIR        manifests from the LibriSpeech layout
+  prepare speech-commands ROOT --out DIR    manifests from the Speech Commands layout
+  prepare synthetic --out DIR               synthesize the offline default corpora (espeak-ng, flite)
+  download librispeech|speech-commands      fetch a public corpus (needs internet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from asr.audio import AudioError
+from asr.data.manifest import ManifestError
+from asr.utils import setup_logging
+
+log = logging.getLogger("asr")
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="write JSON-lines manifests for a corpus",
+                       description="Write JSON-lines manifests ({id, audio, duration, text|label}) for a corpus.")
+    corp = p.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+
+    ls = corp.add_parser("librispeech", help="the LibriSpeech layout: <subset>/<spk>/<chapter>/*.flac + trans.txt",
+                         description="Writes OUT/<subset>.jsonl for each subset found under ROOT.")
+    ls.add_argument("root", type=Path, help="the LibriSpeech folder (or its parent)")
+    ls.add_argument("--out", type=Path, required=True, help="folder for the manifests")
+    ls.add_argument("--subsets", nargs="+", default=None, help="only these subsets (default: every subset found)")
+
+    sc = corp.add_parser("speech-commands", help="the Speech Commands layout: <word>/<speaker>_nohash_<n>.wav",
+                         description="Writes OUT/{train,valid,test}.jsonl. Splits follow validation_list.txt/"
+                                     "testing_list.txt when present, else the dataset's speaker-hash rule.")
+    sc.add_argument("root", type=Path, help="the extracted corpus folder")
+    sc.add_argument("--out", type=Path, required=True, help="folder for the manifests")
+    sc.add_argument("--protocol", type=int, choices=(12, 35), default=12,
+                    help="12: ten keywords + _unknown_ + _silence_; 35: every word is a class (default 12)")
+    sc.add_argument("--silence-fraction", type=float, default=0.1,
+                    help="silence windows per split, as a fraction of its clips (default 0.1)")
+    sc.add_argument("--unknown-fraction", type=float, default=None,
+                    help="cap _unknown_ clips to this fraction of the keyword clips (default: keep all)")
+    sc.add_argument("--seed", type=int, default=0, help="seed for the silence and unknown choices")
+
+    sy = corp.add_parser("synthetic", help="synthesize a keyword corpus and a sentence corpus offline",
+                         description="Synthesizes, with espeak-ng (and flite when installed), a Speech Commands-"
+                                     "layout keyword corpus (all 35 words + background noise) and a LibriSpeech-"
+                                     "layout sentence corpus, with train/dev/test split by voice, then writes "
+                                     "OUT/manifests/{kws,kws35,asr}/*.jsonl. Re-running resumes.")
+    sy.add_argument("--out", type=Path, required=True, help="output folder")
+    sy.add_argument("--sentences", type=int, default=3000, help="sentence utterances in total (default 3000)")
+    sy.add_argument("--speakers", type=int, default=160, help="espeak-ng voices to draw (default 160)")
+    sy.add_argument("--keyword-repeats", type=int, default=1, help="clips per speaker and word (default 1)")
+    sy.add_argument("--noise-files", type=int, default=6, help="background-noise recordings (default 6)")
+    sy.add_argument("--noise-seconds", type=float, default=60.0, help="length of each noise recording (default 60)")
+    sy.add_argument("--no-flite", action="store_true", help="use espeak-ng voices only")
+    sy.add_argument("--seed", type=int, default=0, help="everything follows from this seed (default 0)")
+    sy.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download a public corpus (resumable, checksummed; needs internet)")
+    p.add_argument("corpus", choices=("librispeech", "speech-commands"))
+    p.add_argument("--root", type=Path, required=True, help="folder to download and extract into")
+    p.add_argument("--subset", default="train-clean-100",
+                   help="LibriSpeech subset, e.g. train-clean-100, dev-clean, test-clean (default train-clean-100)")
+    p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extracting")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    if args.corpus == "librispeech":
+        from asr.data.librispeech import prepare_librispeech
+
+        out = prepare_librispeech(args.root, args.out, args.subsets)
+    elif args.corpus == "speech-commands":
+        from asr.data.speech_commands import prepare_speech_commands
+
+        out = prepare_speech_commands(args.root, args.out, protocol=args.protocol,
+                                      silence_fraction=args.silence_fraction,
+                                      unknown_fraction=args.unknown_fraction, seed=args.seed)
+    else:
+        from asr.data.synthetic import prepare_synthetic
+
+        out = prepare_synthetic(args.out, n_sentences=args.sentences, keyword_repeats=args.keyword_repeats,
+                                n_noise_files=args.noise_files, noise_seconds=args.noise_seconds, seed=args.seed,
+                                jobs=args.jobs, n_speakers=args.speakers,
+                                use_flite=False if args.no_flite else None)
+    for name, path in _flatten(out):
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _flatten(out, prefix: str = ""):
+    if isinstance(out, dict):
+        for k, v in out.items():
+            yield from _flatten(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}")
+    else:
+        yield prefix, out
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from asr.data import download as dl
+
+    if args.corpus == "librispeech":
+        path = dl.download_librispeech(args.subset, args.root, keep_archive=args.keep_archive)
+    else:
+        path = dl.download_speech_commands(args.root, keep_archive=args.keep_archive)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(sub)
+    _add_download(sub)
+    return parser
+
+
+COMMANDS = {"prepare": run_prepare, "download": run_download}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except (AudioError, ManifestError, FileNotFoundError, ValueError) as e:
+        print(f"asr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"asr {args.command}: interrupted", file=sys.stderr)
+        return 130
