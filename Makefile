@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine:
+#   make demo   - builds the environment, then runs the main job on the embedded synthetic corpus
+#   make test   - builds the environment, then runs the test suite
+# Each creates .venv when missing and installs what is missing (espeak-ng, flite and sox
+# through apt-get; the Python packages through pip).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data/synthetic
+SENTENCES ?= 3000
+SYSTEM_TOOLS := espeak-ng flite sox
+
+.PHONY: demo test bench system-deps venv clean-data
+
+demo: system-deps venv
+	$(VENV)/bin/asr prepare synthetic --out $(DATA) --sentences $(SENTENCES)
+
+test: system-deps venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) benchmarks/frontend.py
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+clean-data:
+	rm -rf $(DATA)
