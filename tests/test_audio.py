@@ -184,3 +184,16 @@ def test_manifest_needs_text(tmp_path):
         read_manifest(m, needs_text=True)
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "none.jsonl")
+
+
+def test_manifest_paths_near_the_manifest_are_relative(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "manifests" / "asr").mkdir(parents=True)
+    far = tmp_path / "elsewhere" / "deep" / "deeper" / "x.wav"
+    items = [{"id": "near", "audio": str(corpus / "librispeech" / "a.flac")}, {"id": "far", "audio": str(far)}]
+    m = write_manifest(corpus / "manifests" / "asr" / "m.jsonl", items)
+    stored = [json.loads(l)["audio"] for l in m.read_text().splitlines()]
+    assert stored == ["../../librispeech/a.flac", str(far)]
+    moved = tmp_path / "moved"
+    corpus.rename(moved)
+    assert read_manifest(moved / "manifests" / "asr" / "m.jsonl")[0]["audio"] == str(moved / "librispeech" / "a.flac")

@@ -94,27 +94,37 @@ def read_manifest(path: str | os.PathLike, skip_bad: bool = False, needs_text: b
                 continue
             seen.add(item["id"])
             audio = Path(item["audio"])
-            item["audio"] = str(audio if audio.is_absolute() else root / audio)
+            item["audio"] = str(audio) if audio.is_absolute() else os.path.normpath(root / audio)
             items.append(item)
     if bad:
         log.warning("%s: skipped %d malformed line(s); first: %s", path, len(bad), bad[0])
     return items
 
 
+MAX_UP_LEVELS = 2  # audio up to two folders above the manifest is still stored relative
+
+
+def _portable_path(audio: Path, root: Path) -> str:
+    """``audio`` relative to ``root`` when it lies under it or at most two levels up, else absolute.
+
+    A corpus folder holding both ``manifests/asr/train.jsonl`` and the audio can then be
+    moved as a whole; audio elsewhere (a shared corpus) keeps its absolute path.
+    """
+    if not audio.is_absolute():
+        return str(audio)
+    rel = Path(os.path.relpath(audio.resolve(), root))
+    if rel.parts[: MAX_UP_LEVELS + 1].count("..") > MAX_UP_LEVELS:
+        return str(audio)
+    return str(rel)
+
+
 def write_manifest(path: str | os.PathLike, items: Iterable[dict], relative: bool = True) -> Path:
-    """Write items as JSON lines, atomically. Audio paths under the manifest's folder become relative."""
+    """Write items as JSON lines, atomically; audio paths near the manifest become relative (see ``_portable_path``)."""
     path = Path(path)
     root = path.parent.resolve()
     with atomic_open(path, "w", encoding="utf-8") as f:
         for item in items:
             item = dict(item)
-            audio = Path(item["audio"])
-            if relative and audio.is_absolute():
-                try:
-                    item["audio"] = str(audio.resolve().relative_to(root))
-                except ValueError:
-                    item["audio"] = str(audio)
-            else:
-                item["audio"] = str(audio)
+            item["audio"] = _portable_path(Path(item["audio"]), root) if relative else str(item["audio"])
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
     return path
