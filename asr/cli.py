@@ -52,7 +52,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                                      "OUT/manifests/{kws,kws35,asr}/*.jsonl. Re-running resumes.")
     sy.add_argument("--out", type=Path, required=True, help="output folder")
     sy.add_argument("--sentences", type=int, default=3000, help="sentence utterances in total (default 3000)")
-    sy.add_argument("--speakers", type=int, default=160, help="espeak-ng voices to draw (default 160)")
+    sy.add_argument("--speakers", type=int, default=240, help="espeak-ng speakers to draw (default 240)")
     sy.add_argument("--keyword-repeats", type=int, default=1, help="clips per speaker and word (default 1)")
     sy.add_argument("--noise-files", type=int, default=6, help="background-noise recordings (default 6)")
     sy.add_argument("--noise-seconds", type=float, default=60.0, help="length of each noise recording (default 60)")
