@@ -1,0 +1,134 @@
+"""Encoders shared by every family: a convolutional time-downsampling front and either
+a Deep Speech 2 style recurrent stack or a Conformer (see :mod:`asr.models.conformer`).
+
+All encoders map features ``(B, T, F)`` with lengths ``(B,)`` to ``(B, T', D)`` with
+``T' ~ T / subsampling`` and expose ``output_dim`` and ``subsampling``.
+
+The convolutions are "valid" along time (no padding), so an output frame depends
+only on a fixed window of input frames: the same property that lets the streaming
+recognizer feed chunks and get the offline result.
+
+Example:
+    >>> from asr.models.config import EncoderConfig
+    >>> enc = build_encoder(EncoderConfig(dim=32, layers=2, subsampling=4), input_dim=80)
+    >>> out, lengths = enc(torch.randn(2, 100, 80), torch.tensor([100, 60]))
+    >>> out.shape, lengths.tolist()
+    (torch.Size([2, 24, 64]), [24, 14])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from asr.models.config import EncoderConfig
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, max_len)`` boolean mask, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
+
+
+class ConvSubsampling(nn.Module):
+    """2-D convolutions (kernel 3, stride 2 in time and frequency) downsampling time by 2, 4 or 8.
+
+    ``(B, T, F)`` -> ``(B, T', out_dim)``; each layer maps ``T -> (T - 3) // 2 + 1`` (valid in
+    time, padded in frequency).
+    """
+
+    def __init__(self, input_dim: int, factor: int, channels: int, out_dim: int):
+        super().__init__()
+        if factor not in (2, 4, 8):
+            raise ValueError(f"subsampling must be 2, 4 or 8, got {factor}")
+        self.factor = factor
+        n = factor.bit_length() - 1
+        layers, c_in, f = [], 1, input_dim
+        for _ in range(n):
+            layers += [nn.Conv2d(c_in, channels, 3, stride=2, padding=(0, 1)), nn.GELU()]
+            c_in, f = channels, (f + 2 - 3) // 2 + 1
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(channels * f, out_dim)
+        self.num_layers = n
+        self.receptive_field = 2 ** (n + 1) - 1  # input frames one output frame sees
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_layers):
+            lengths = torch.div(lengths - 3, 2, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        B, C, T, Fq = x.shape
+        x = self.out(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq))
+        return x, self.output_lengths(lengths)
+
+
+class Lookahead(nn.Module):
+    """Row convolution over ``future`` frames (Deep Speech 2): ``y_t = sum_j w_j * x_{t+j}``, per channel.
+
+    Lets a forward-only encoder see a bounded amount of future context: the output at
+    ``t`` is final once frame ``t + future`` has arrived.
+    """
+
+    def __init__(self, dim: int, future: int):
+        super().__init__()
+        self.future = future
+        self.conv = nn.Conv1d(dim, dim, future + 1, groups=dim, bias=False)
+        with torch.no_grad():  # start as the identity (all weight on the current frame)
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, 0] = 1.0
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)  # no peeking into padding
+        y = self.conv(F.pad(x.transpose(1, 2), (0, self.future)))
+        return y.transpose(1, 2)
+
+
+class RNNEncoder(nn.Module):
+    """Deep Speech 2 style: convolutional subsampling, then stacked GRU/LSTM layers.
+
+    Bidirectional, or forward-only with an optional lookahead row convolution
+    (``lookahead`` frames after subsampling) for streaming.
+    """
+
+    def __init__(self, config: EncoderConfig, input_dim: int):
+        super().__init__()
+        c = config
+        if c.bidirectional and c.lookahead:
+            raise ValueError("lookahead applies to forward-only encoders (bidirectional: false)")
+        rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(c.rnn_type)
+        if rnn_cls is None:
+            raise ValueError(f"rnn_type must be gru or lstm, got {c.rnn_type!r}")
+        self.subsampling_layer = ConvSubsampling(input_dim, c.subsampling, c.conv_channels, c.dim)
+        self.norm = nn.LayerNorm(c.dim)
+        self.rnn = rnn_cls(c.dim, c.dim, num_layers=c.layers, batch_first=True,
+                           bidirectional=c.bidirectional, dropout=c.dropout if c.layers > 1 else 0.0)
+        self.output_dim = c.dim * (2 if c.bidirectional else 1)
+        self.lookahead = Lookahead(self.output_dim, c.lookahead) if c.lookahead else None
+        self.dropout = nn.Dropout(c.dropout)
+        self.subsampling = c.subsampling
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, F)``, ``(B,)`` -> ``(B, T', D)``, ``(B,)``."""
+        x, lengths = self.subsampling_layer(feats, lengths)
+        x = self.dropout(self.norm(x))
+        T = x.shape[1]
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        x, _ = self.rnn(packed)
+        x, _ = pad_packed_sequence(x, batch_first=True, total_length=T)
+        if self.lookahead is not None:
+            x = self.lookahead(x, lengths)
+        return self.dropout(x), lengths
+
+
+def build_encoder(config: EncoderConfig, input_dim: int) -> nn.Module:
+    """The encoder named by ``config.kind`` (``rnn`` or ``conformer``)."""
+    if config.kind == "rnn":
+        return RNNEncoder(config, input_dim)
+    if config.kind == "conformer":
+        from asr.models.conformer import ConformerEncoder
+
+        return ConformerEncoder(config, input_dim)
+    raise ValueError(f"unknown encoder kind {config.kind!r} (rnn or conformer)")
