@@ -197,3 +197,11 @@ def test_manifest_paths_near_the_manifest_are_relative(tmp_path):
     moved = tmp_path / "moved"
     corpus.rename(moved)
     assert read_manifest(moved / "manifests" / "asr" / "m.jsonl")[0]["audio"] == str(moved / "librispeech" / "a.flac")
+
+
+def test_manifest_written_from_cwd_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus" / "wav").mkdir(parents=True)
+    write_manifest("corpus/manifests/m.jsonl", [{"id": "a", "audio": "corpus/wav/a.wav"}])
+    assert json.loads((tmp_path / "corpus/manifests/m.jsonl").read_text())["audio"] == "../wav/a.wav"
+    assert read_manifest(tmp_path / "corpus/manifests/m.jsonl")[0]["audio"] == str(tmp_path / "corpus/wav/a.wav")

@@ -105,14 +105,13 @@ MAX_UP_LEVELS = 2  # audio up to two folders above the manifest is still stored 
 
 
 def _portable_path(audio: Path, root: Path) -> str:
-    """``audio`` relative to ``root`` when it lies under it or at most two levels up, else absolute.
+    """``audio`` (absolute, or relative to the working directory) relative to ``root`` when it lies under it or at most two levels up, else absolute.
 
     A corpus folder holding both ``manifests/asr/train.jsonl`` and the audio can then be
     moved as a whole; audio elsewhere (a shared corpus) keeps its absolute path.
     """
-    if not audio.is_absolute():
-        return str(audio)
-    rel = Path(os.path.relpath(audio.resolve(), root))
+    audio = audio.resolve()  # in memory, relative paths are relative to the working directory
+    rel = Path(os.path.relpath(audio, root))
     if rel.parts[: MAX_UP_LEVELS + 1].count("..") > MAX_UP_LEVELS:
         return str(audio)
     return str(rel)
