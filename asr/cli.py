@@ -5,6 +5,9 @@ Subcommands available:
   prepare speech-commands ROOT --out DIR    manifests from the Speech Commands layout
   prepare synthetic --out DIR               synthesize the offline default corpora (espeak-ng, flite)
   download librispeech|speech-commands      fetch a public corpus (needs internet)
+  train --config FILE.yaml [key=value ...]  train a model (CTC, RNN-T or attention)
+  transcribe --model CKPT FILE ...          print one transcript per audio file
+  evaluate --model CKPT --manifest M.jsonl  WER/CER and per-utterance alignments
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from asr.audio import AudioError
+from asr.config import ConfigError
 from asr.data.manifest import ManifestError
 from asr.utils import setup_logging
 
@@ -70,6 +74,104 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extracting")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train a model. The YAML config maps onto asr.train.TrainConfig; every field has "
+                                   "a default. key=value arguments override it (e.g. optim.lr=0.001 epochs=5). "
+                                   "A run whose out_dir holds last.pt resumes from it.")
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (see recipes/*/conf)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys for sections")
+
+
+def _add_decode_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="a checkpoint written by `asr train` (last.pt, best.pt, avg.pt)")
+    p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default 16)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+
+
+def _add_transcribe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files",
+                       description="Prints FILE<TAB>TRANSCRIPT for each file. An unreadable file is reported on "
+                                   "stderr (naming it) and the others are still transcribed; the exit status is "
+                                   "then 1.")
+    p.add_argument("files", nargs="+", type=Path, help="audio files (any format soundfile reads, any sample rate)")
+    _add_decode_flags(p)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest",
+                       description="Decodes every utterance of the manifest, prints WER and CER (jiwer) and writes "
+                                   "per-utterance alignments (REF/HYP with substitutions, deletions, insertions).")
+    p.add_argument("--manifest", type=Path, required=True, help="JSON-lines manifest with text")
+    p.add_argument("--alignments", type=Path, default=None,
+                   help="where to write the alignments (default: <model folder>/alignments-<manifest name>.txt)")
+    _add_decode_flags(p)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from asr.config import load_config
+    from asr.train import TrainConfig, train
+
+    config = load_config(TrainConfig, args.config, args.overrides)
+    result = train(config)
+    for key, value in result.items():
+        print(f"{key}\t{value}")
+    return 0
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from asr.audio import audio_info
+    from asr.decode import transcribe_items
+    from asr.train import load_model
+
+    device = _device(args.device)
+    model, family, tokenizer, _ = load_model(args.model, device)
+    items, failed = [], 0
+    for i, path in enumerate(args.files):
+        try:
+            items.append({"id": str(i), "audio": str(path), "duration": audio_info(path).duration})
+        except AudioError as e:
+            print(f"asr transcribe: error: {e}", file=sys.stderr)
+            failed += 1
+    texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True)
+    for item, text in zip(items, texts):
+        if text is None:
+            failed += 1
+            continue
+        print(f"{item['audio']}\t{text}", flush=True)
+    return 1 if failed else 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.decode import transcribe_items
+    from asr.evaluate import error_rates, write_alignments
+    from asr.text import normalize_text
+    from asr.train import load_model
+
+    device = _device(args.device)
+    model, family, tokenizer, _ = load_model(args.model, device)
+    items = read_manifest(args.manifest, needs_text=True)
+    hyps = transcribe_items(model, family, tokenizer, items, args.batch_size, device)
+    refs = [normalize_text(it["text"]) for it in items]
+    rates = error_rates(refs, hyps)
+    out = args.alignments or args.model.parent / f"alignments-{args.manifest.stem}.txt"
+    write_alignments(out, [it["id"] for it in items], refs, hyps)
+    print(f"WER {100 * rates['wer']:.2f}%  ({rates['substitutions']} sub, {rates['deletions']} del, "
+          f"{rates['insertions']} ins / {rates['words']} words)")
+    print(f"CER {100 * rates['cer']:.2f}%  ({rates['utterances']} utterances)")
+    print(f"alignments\t{out}")
+    return 0
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "librispeech":
         from asr.data.librispeech import prepare_librispeech
@@ -118,10 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_prepare(sub)
     _add_download(sub)
+    _add_train(sub)
+    _add_transcribe(sub)
+    _add_evaluate(sub)
     return parser
 
 
-COMMANDS = {"prepare": run_prepare, "download": run_download}
+COMMANDS = {"prepare": run_prepare, "download": run_download, "train": run_train,
+            "transcribe": run_transcribe, "evaluate": run_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,191 @@
+"""The attention encoder-decoder family: shared encoder + attention decoder, optional joint CTC.
+
+The decoder (``attention.decoder``: location-aware LSTM or Transformer, see
+:mod:`asr.models.attention`) reads ``<sos> y`` and predicts ``y <eos>`` (``<sos>`` and ``<eos>``
+are both id 2). With ``ctc_weight > 0`` a CTC head on the encoder is trained jointly:
+``loss = ctc_weight * ctc + (1 - ctc_weight) * attention`` per utterance (Kim et al. 2017).
+
+Example:
+    >>> from asr.models.config import ModelConfig, EncoderConfig, AttentionConfig
+    >>> cfg = ModelConfig(family="attention", encoder=EncoderConfig(dim=16, layers=1),
+    ...                   attention=AttentionConfig(dim=32, att_dim=16))
+    >>> model = AttentionModel(cfg, vocab_size=30).eval()
+    >>> wav, wav_lengths = torch.randn(2, 16000), torch.tensor([16000, 8000])
+    >>> model(wav, wav_lengths, torch.tensor([[2, 5, 6], [2, 7, 0]])).shape
+    torch.Size([2, 3, 30])
+    >>> batch = {"wav": wav, "wav_lengths": wav_lengths, "tokens": torch.tensor([[5, 6], [7, 0]]),
+    ...          "token_lengths": torch.tensor([2, 1])}
+    >>> out = attention_loss(model, batch)
+    >>> out.weight, sorted(out.metrics)
+    (2.0, ['acc', 'att', 'ctc', 'empty', 'tokens', 'too_short'])
+    >>> len(attention_decode(model, batch))
+    2
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from asr.models import Family, LossOutput, register_family
+from asr.models.attention import build_decoder
+from asr.models.config import ModelConfig
+from asr.models.ctc import CTCHead, ctc_loss_per_utt
+from asr.models.encoders import build_encoder, length_mask
+from asr.models.frontend import Frontend
+
+EOS = 2  # <sos/eos>; also the start symbol
+PAD = 0  # <blank>, padding of token tensors
+
+
+class AttentionModel(nn.Module):
+    """Waveforms ``(B, N)`` + decoder inputs ``(B, U)`` -> logits ``(B, U, V)``.
+
+    ``.frontend`` and ``.encoder`` are the shared ones; ``.decoder`` is chosen by
+    ``config.attention.decoder`` and projects the encoder output to its own size where needed;
+    ``.ctc_head`` (a :class:`~asr.models.ctc.CTCHead` on the encoder) exists when
+    ``ctc_weight > 0``, else it is ``None``.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        a = config.attention
+        if not 0.0 <= a.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {a.ctc_weight}")
+        if not 0.0 <= a.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {a.label_smoothing}")
+        if a.max_len_ratio <= 0:
+            raise ValueError(f"max_len_ratio must be positive, got {a.max_len_ratio}")
+        self.vocab_size = vocab_size
+        self.ctc_weight, self.label_smoothing, self.max_len_ratio = a.ctc_weight, a.label_smoothing, a.max_len_ratio
+        self.frontend = Frontend(config)
+        self.encoder = build_encoder(config.encoder, self.frontend.dim)
+        self.decoder = build_decoder(a, self.encoder.output_dim, vocab_size)
+        self.ctc_head = CTCHead(self.encoder.output_dim, vocab_size) if a.ctc_weight > 0 else None
+
+    def encode(self, wav: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, N)``, ``(B,)`` -> encoder output ``(B, T', D)`` and frame counts ``(B,)``."""
+        feats, lengths = self.frontend(wav, wav_lengths)
+        return self.encoder(feats, lengths)
+
+    def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor, ys_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``(B, U, V)`` for decoder inputs ``ys_in`` ``(B, U)`` (starting with ``<sos>``)."""
+        enc, lengths = _attendable(*self.encode(wav, wav_lengths))
+        return self.decoder(enc, lengths, ys_in)
+
+
+def _attendable(enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give every utterance at least one (zero) frame to attend to: an empty memory has no softmax."""
+    if enc.shape[1] == 0:
+        enc = enc.new_zeros(enc.shape[0], 1, enc.shape[2])
+    return enc, lengths.clamp(min=1)
+
+
+def decoder_io(tokens: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded labels ``(B, U)`` -> decoder inputs ``[sos] + y``, targets ``y + [eos]`` (padded with 0),
+    both ``(B, U + 1)``, and the mask of target positions ``(B, U + 1)``.
+
+    >>> ys_in, ys_out, valid = decoder_io(torch.tensor([[5, 6], [7, 0]]), torch.tensor([2, 1]))
+    >>> ys_in.tolist(), ys_out.tolist(), valid.int().tolist()
+    ([[2, 5, 6], [2, 7, 0]], [[5, 6, 2], [7, 2, 0]], [[1, 1, 1], [1, 1, 0]])
+    """
+    B = tokens.shape[0]
+    valid_in = length_mask(token_lengths, tokens.shape[1])
+    tokens = tokens.masked_fill(~valid_in, PAD)
+    ys_in = torch.cat([tokens.new_full((B, 1), EOS), tokens], dim=1)
+    ys_out = torch.cat([tokens, tokens.new_full((B, 1), PAD)], dim=1)
+    ys_out = ys_out.scatter(1, token_lengths.unsqueeze(1), EOS)
+    valid = length_mask(token_lengths + 1, tokens.shape[1] + 1)
+    return ys_in, ys_out, valid
+
+
+def attention_loss(model: AttentionModel, batch: dict) -> LossOutput:
+    """Label-smoothed cross entropy of the decoder (summed per utterance), joint with CTC.
+
+    Per utterance: ``w * ctc + (1 - w) * att`` with ``w = ctc_weight``. Utterances with an empty
+    transcript or too few frames for their labels are left out of the CTC part (and counted,
+    ``empty`` / ``too_short``); an empty transcript still trains the decoder to emit ``<eos>``.
+    ``weight`` is the number of utterances (those kept by CTC when ``w = 1``).
+    Metrics: ``att`` and ``ctc`` (sums of the partial losses), ``acc`` (correctly predicted target
+    tokens, ``<eos>`` included) over ``tokens`` (target tokens), ``empty``, ``too_short``.
+    """
+    tokens, token_lengths = batch["tokens"], batch["token_lengths"]
+    enc, lengths = model.encode(batch["wav"], batch["wav_lengths"])
+    B = tokens.shape[0]
+    w = model.ctc_weight
+
+    ys_in, ys_out, valid = decoder_io(tokens, token_lengths)
+    logits = model.decoder(*_attendable(enc, lengths), ys_in).float()  # (B, U + 1, V)
+    ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=model.label_smoothing)
+    att = (ce * valid).sum(1)  # (B,)
+    correct = ((logits.argmax(-1) == ys_out) & valid).sum()
+
+    metrics = {"att": float(att.detach().sum()), "acc": float(correct), "tokens": float(valid.sum())}
+    if model.ctc_head is not None:
+        ctc, keep, counts = ctc_loss_per_utt(model.ctc_head(enc), lengths, tokens, token_lengths)
+        metrics["ctc"] = float(ctc.detach().sum())
+        loss = w * ctc.sum() + (1.0 - w) * att.sum()
+        weight = float(keep.sum()) if w == 1.0 else float(B)
+    else:
+        counts = {"empty": float((token_lengths == 0).sum()), "too_short": 0.0}
+        metrics["ctc"] = 0.0
+        loss, weight = att.sum(), float(B)
+    metrics.update(counts)
+    return LossOutput(loss=loss, weight=weight, metrics=metrics)
+
+
+@torch.no_grad()
+def attention_greedy(
+    model: AttentionModel, enc: torch.Tensor, lengths: torch.Tensor, max_len: int | None = None
+) -> list[list[int]]:
+    """Batched greedy decoding: every utterance steps together until all have emitted ``<eos>``.
+
+    Args:
+        enc: encoder output ``(B, T, D)``; ``lengths`` ``(B,)`` its valid frames.
+        max_len: the most tokens per utterance; by default ``ceil(max_len_ratio * T_b)`` for an
+            utterance of ``T_b`` encoder frames (a guard against hypotheses that never end).
+
+    Returns:
+        token-id lists without ``<sos>``/``<eos>``.
+    """
+    B = enc.shape[0]
+    if B == 0:
+        return []
+    limits = torch.ceil(model.max_len_ratio * lengths.float()).long()
+    if max_len is not None:
+        limits = limits.clamp(max=max_len)
+    enc, att_lengths = _attendable(enc, lengths)
+    mask = length_mask(att_lengths, enc.shape[1])
+    decoder = model.decoder
+    state = decoder.init_state(enc, att_lengths)
+    token = torch.full((B,), EOS, dtype=torch.long, device=enc.device)
+    hyp_len = torch.zeros(B, dtype=torch.long, device=enc.device)
+    done = limits <= 0
+    steps = int(limits.max())
+    out = torch.zeros(B, max(steps, 1), dtype=torch.long, device=enc.device)
+    for i in range(steps):
+        if bool(done.all()):
+            break
+        log_probs, state = decoder.step(token, state, enc, mask)
+        token = log_probs.argmax(-1)
+        out[:, i] = token
+        emitted = ~done & (token != EOS)
+        hyp_len += emitted.long()
+        done = done | (token == EOS) | (hyp_len >= limits)
+    out, hyp_len = out.cpu(), hyp_len.cpu()
+    return [out[b, : int(hyp_len[b])].tolist() for b in range(B)]
+
+
+@torch.no_grad()
+def attention_decode(model: AttentionModel, batch: dict) -> list[list[int]]:
+    """Greedy token ids for a batch (``wav``, ``wav_lengths``)."""
+    enc, lengths = model.encode(batch["wav"], batch["wav_lengths"])
+    return attention_greedy(model, enc, lengths)
+
+
+def build_attention(config: ModelConfig, vocab_size: int) -> AttentionModel:
+    return AttentionModel(config, vocab_size)
+
+
+FAMILY = register_family(Family("attention", build_attention, attention_loss, attention_decode))
