@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine:
-#   make demo   - builds the environment, then runs the main job on the embedded synthetic corpus
+#   make demo   - builds the environment, synthesizes the embedded corpus, trains a small CTC model
+#                 on it (about 9 minutes on 2 cores), evaluates it on unseen voices and transcribes 3 files
 #   make test   - builds the environment, then runs the test suite
 # Each creates .venv when missing and installs what is missing (espeak-ng, flite and sox
 # through apt-get; the Python packages through pip).
@@ -16,6 +17,8 @@ SYSTEM_TOOLS := espeak-ng flite sox
 
 demo: system-deps venv
 	$(VENV)/bin/asr prepare synthetic --out $(DATA) --sentences $(SENTENCES)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DATA=$(DATA) EXP=exp/synthetic/demo recipes/synthetic/run.sh demo
+	$(VENV)/bin/asr transcribe --model exp/synthetic/demo/best.pt $$(ls $(DATA)/librispeech/test/*/*/*.flac | head -3)
 
 test: system-deps venv
 	$(PY) -m pytest

@@ -11,7 +11,7 @@ Example:
     ...                   attention=AttentionConfig(dim=32, att_dim=16))
     >>> model = AttentionModel(cfg, vocab_size=30).eval()
     >>> wav, wav_lengths = torch.randn(2, 16000), torch.tensor([16000, 8000])
-    >>> model(wav, wav_lengths, torch.tensor([[2, 5, 6], [2, 7, 0]])).shape
+    >>> model(wav, wav_lengths, torch.tensor([[2, 5, 6], [2, 7, 0]]))[0].shape
     torch.Size([2, 3, 30])
     >>> batch = {"wav": wav, "wav_lengths": wav_lengths, "tokens": torch.tensor([[5, 6], [7, 0]]),
     ...          "token_lengths": torch.tensor([2, 1])}
@@ -69,10 +69,17 @@ class AttentionModel(nn.Module):
         feats, lengths = self.frontend(wav, wav_lengths)
         return self.encoder(feats, lengths)
 
-    def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor, ys_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``(B, U, V)`` for decoder inputs ``ys_in`` ``(B, U)`` (starting with ``<sos>``)."""
-        enc, lengths = _attendable(*self.encode(wav, wav_lengths))
-        return self.decoder(enc, lengths, ys_in)
+    def forward(
+        self, wav: torch.Tensor, wav_lengths: torch.Tensor, ys_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits ``(B, U, V)`` for decoder inputs ``ys_in`` ``(B, U)`` (starting with ``<sos>``),
+        with the encoder output ``(B, T', D)`` and its frame counts ``(B,)`` (for the CTC branch).
+
+        Training calls this through ``model(...)`` so that a DistributedDataParallel wrapper
+        synchronises the gradients.
+        """
+        enc, lengths = self.encode(wav, wav_lengths)
+        return self.decoder(*_attendable(enc, lengths), ys_in), enc, lengths
 
 
 def _attendable(enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,12 +118,12 @@ def attention_loss(model: AttentionModel, batch: dict) -> LossOutput:
     tokens, ``<eos>`` included) over ``tokens`` (target tokens), ``empty``, ``too_short``.
     """
     tokens, token_lengths = batch["tokens"], batch["token_lengths"]
-    enc, lengths = model.encode(batch["wav"], batch["wav_lengths"])
     B = tokens.shape[0]
     w = model.ctc_weight
 
     ys_in, ys_out, valid = decoder_io(tokens, token_lengths)
-    logits = model.decoder(*_attendable(enc, lengths), ys_in).float()  # (B, U + 1, V)
+    logits, enc, lengths = model(batch["wav"], batch["wav_lengths"], ys_in)
+    logits = logits.float()  # (B, U + 1, V)
     ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=model.label_smoothing)
     att = (ce * valid).sum(1)  # (B,)
     correct = ((logits.argmax(-1) == ys_out) & valid).sum()
