@@ -3,6 +3,9 @@
 With ``causal: true`` the depthwise convolutions only look back and each frame attends
 to frames of its own chunk and earlier chunks (``chunk_size`` frames, 0 = frame by frame;
 ``left_chunks`` limits the history): a streaming encoder whose latency is one chunk.
+:meth:`ConformerEncoder.infer` streams it: whole chunks at a time, with a cache of past
+keys/values (at most ``left_chunks`` chunks) and of the last ``kernel - 1`` depthwise-conv
+inputs per layer, and the position offset; its outputs equal the offline ones.
 
 Example:
     >>> from asr.models.config import EncoderConfig
@@ -93,6 +96,17 @@ class ConvModule(nn.Module):
         y = F.silu(self.dw_norm(y.transpose(1, 2))).transpose(1, 2)
         return self.dropout(self.pointwise2(y).transpose(1, 2))
 
+    def infer(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal streaming: new frames ``(B, t, D)`` and the last ``kernel - 1`` depthwise inputs
+        ``(B, D, kernel - 1)`` (``None`` at the start: zeros, like the offline left padding)."""
+        y = F.glu(self.pointwise1(self.norm(x).transpose(1, 2)), dim=1)  # (B, D, t)
+        if cache is None:
+            cache = y.new_zeros(y.shape[0], y.shape[1], self.kernel - 1)
+        y = torch.cat([cache, y], dim=2)
+        cache = y[:, :, y.shape[2] - (self.kernel - 1) :]
+        y = F.silu(self.dw_norm(self.depthwise(y).transpose(1, 2))).transpose(1, 2)
+        return self.dropout(self.pointwise2(y).transpose(1, 2)), cache
+
 
 class ConformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ff_mult: int, kernel: int, dropout: float, causal: bool):
@@ -113,6 +127,43 @@ class ConformerBlock(nn.Module):
         x = x + self.conv(x, mask)
         x = x + 0.5 * self.ff2(x)
         return self.out_norm(x)
+
+    def infer(self, x: torch.Tensor, cache: dict | None, max_cache: int | None) -> tuple[torch.Tensor, dict]:
+        """One chunk ``(B, t, D)``, every frame of which sees the whole chunk and the cached past.
+
+        ``cache`` holds the projected keys and values ``(B, L, D)`` of earlier frames and the
+        convolution cache; ``max_cache`` frames of keys/values are kept (``None``: all).
+        """
+        cache = cache or {"k": None, "v": None, "conv": None}
+        x = x + 0.5 * self.ff1(x)
+        a, k, v = self._cached_attention(self.att_norm(x), cache["k"], cache["v"])
+        x = x + self.att_dropout(a)
+        c, conv_cache = self.conv.infer(x, cache["conv"])
+        x = x + c
+        x = x + 0.5 * self.ff2(x)
+        if max_cache is not None:
+            k, v = k[:, k.shape[1] - min(max_cache, k.shape[1]) :], v[:, v.shape[1] - min(max_cache, v.shape[1]) :]
+        return self.out_norm(x), {"k": k, "v": v, "conv": conv_cache}
+
+    def _cached_attention(self, q: torch.Tensor, k_past: torch.Tensor | None, v_past: torch.Tensor | None):
+        """The same computation as ``self.att`` (unmasked) over ``[past; new]`` keys/values.
+
+        ``q`` ``(B, t, D)`` normalised inputs -> output ``(B, t, D)`` and all keys/values ``(B, L + t, D)``.
+        """
+        att = self.att
+        B, t, D = q.shape
+        H = att.num_heads
+        w_q, w_k, w_v = att.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = att.in_proj_bias.chunk(3) if att.in_proj_bias is not None else (None, None, None)
+        k, v = F.linear(q, w_k, b_k), F.linear(q, w_v, b_v)
+        if k_past is not None:
+            k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
+
+        def heads(z: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, D / H)
+            return z.view(B, z.shape[1], H, D // H).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(F.linear(q, w_q, b_q)), heads(k), heads(v))
+        return att.out_proj(out.transpose(1, 2).reshape(B, t, D)), k, v
 
 
 class ConformerEncoder(nn.Module):
@@ -142,3 +193,40 @@ class ConformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask, att_mask)
         return x * mask.unsqueeze(-1), lengths
+
+    @property
+    def streamable(self) -> bool:
+        """Causal Conformers can stream (:meth:`infer`); full-context ones cannot."""
+        return bool(self.config.causal)
+
+    def infer(self, feats: torch.Tensor, state: dict | None = None, final: bool = False
+              ) -> tuple[torch.Tensor, dict]:
+        """Streaming: features ``(B, t, F)`` (any ``t``) -> new encoder frames ``(B, t', D)`` and the state.
+
+        Subsampled frames wait until a whole attention chunk (``chunk_size`` frames; 1 when
+        ``chunk_size = 0``) is there, then the chunk goes through every block with its caches.
+        ``final=True`` (with the last chunk, possibly empty) processes the last partial chunk.
+        Start with ``state=None``; the concatenated outputs equal ``forward`` on the whole
+        utterance with the same ``chunk_size``/``left_chunks`` (in eval mode).
+        """
+        if not self.streamable:
+            raise ValueError("a full-context (causal: false) Conformer cannot stream: every frame attends "
+                             "to the whole utterance (train with causal: true and a chunk_size)")
+        c = self.config
+        size = max(c.chunk_size, 1)
+        max_cache = c.left_chunks * size if c.left_chunks >= 0 else None
+        state = state or {"subsampling": None, "pending": None, "offset": 0, "layers": [None] * len(self.blocks)}
+        x, sub = self.subsampling_layer.infer(feats, state["subsampling"])
+        if state["pending"] is not None:
+            x = torch.cat([state["pending"], x], dim=1)
+        ready = x.shape[1] if final else x.shape[1] // size * size
+        offset, layers, outs = state["offset"], list(state["layers"]), []
+        for start in range(0, ready, size):
+            h = x[:, start : start + size]
+            h = self.dropout(self.pos(h, offset))
+            offset += h.shape[1]
+            for i, block in enumerate(self.blocks):
+                h, layers[i] = block.infer(h, layers[i], max_cache)
+            outs.append(h)
+        out = torch.cat(outs, dim=1) if outs else x.new_zeros(x.shape[0], 0, self.output_dim)
+        return out, {"subsampling": sub, "pending": x[:, ready:], "offset": offset, "layers": layers}

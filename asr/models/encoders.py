@@ -6,7 +6,10 @@ All encoders map features ``(B, T, F)`` with lengths ``(B,)`` to ``(B, T', D)`` 
 
 The convolutions are "valid" along time (no padding), so an output frame depends
 only on a fixed window of input frames: the same property that lets the streaming
-recognizer feed chunks and get the offline result.
+recognizer feed chunks and get the offline result. Streaming encoders (forward-only RNNs,
+causal Conformers) have ``infer(feats_chunk, state, final) -> (out, state)``: feature frames
+in chunks of any size, start with ``state=None``, pass ``final=True`` with the last chunk;
+the concatenated outputs equal ``forward`` on the whole utterance.
 
 Example:
     >>> from asr.models.config import EncoderConfig
@@ -60,9 +63,33 @@ class ConvSubsampling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        return self._project(x), self.output_lengths(lengths)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """Last conv output ``(B, C, T', F')`` -> ``(B, T', out_dim)``."""
         B, C, T, Fq = x.shape
-        x = self.out(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq))
-        return x, self.output_lengths(lengths)
+        return self.out(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq))
+
+    def infer(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Streaming: feature frames ``(B, t, F)`` (any ``t``, 0 included) -> new output frames ``(B, t', out_dim)``.
+
+        Streams layer by layer: each layer keeps the input frames its next output still needs
+        (a layer with ``L`` buffered frames emits ``(L - 3) // 2 + 1`` and drops the first
+        ``2 * emitted``). No flush is needed: like ``forward``, only complete windows give
+        outputs. ``state`` starts as ``None``.
+        """
+        buffers = list(state["buffers"]) if state else [None] * self.num_layers
+        h = x.unsqueeze(1)  # (B, 1, t, F)
+        for i in range(self.num_layers):
+            if buffers[i] is not None:
+                h = torch.cat([buffers[i], h], dim=2)
+            n = (h.shape[2] - 3) // 2 + 1 if h.shape[2] >= 3 else 0
+            buffers[i] = h[:, :, 2 * n :]
+            if n == 0:  # nothing reaches the later layers this time
+                return x.new_zeros(x.shape[0], 0, self.out.out_features), {"buffers": buffers}
+            conv, act = self.conv[2 * i], self.conv[2 * i + 1]
+            h = act(conv(h[:, :, : 2 * n + 1]))
+        return self._project(h), {"buffers": buffers}
 
 
 class Lookahead(nn.Module):
@@ -84,6 +111,24 @@ class Lookahead(nn.Module):
         x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)  # no peeking into padding
         y = self.conv(F.pad(x.transpose(1, 2), (0, self.future)))
         return y.transpose(1, 2)
+
+    def infer(self, x: torch.Tensor, pending: torch.Tensor | None = None, final: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming: new frames ``(B, t, D)`` and the frames still waiting for their future ->
+        the outputs now complete ``(B, t', D)`` and the new waiting frames.
+
+        Output ``t`` is emitted once frame ``t + future`` has arrived; with ``final`` the
+        waiting frames are emitted against zeros, as ``forward`` pads the end of an utterance.
+        """
+        buf = x if pending is None else torch.cat([pending, x], dim=1)
+        n = buf.shape[1] if final else buf.shape[1] - self.future
+        if n <= 0:
+            return buf[:, :0], buf
+        y = buf.transpose(1, 2)
+        if final:
+            y = F.pad(y, (0, self.future))
+        y = self.conv(y).transpose(1, 2)  # (B, n, D)
+        return y, buf[:, n:]
 
 
 class RNNEncoder(nn.Module):
@@ -121,6 +166,35 @@ class RNNEncoder(nn.Module):
         if self.lookahead is not None:
             x = self.lookahead(x, lengths)
         return self.dropout(x), lengths
+
+    @property
+    def streamable(self) -> bool:
+        """Forward-only encoders can stream (:meth:`infer`); bidirectional ones cannot."""
+        return not self.rnn.bidirectional
+
+    def infer(self, feats: torch.Tensor, state: dict | None = None, final: bool = False
+              ) -> tuple[torch.Tensor, dict]:
+        """Streaming: features ``(B, t, F)`` (any ``t``) -> new encoder frames ``(B, t', D)`` and the state.
+
+        Carries the subsampling buffers, the recurrent hidden state and, with a lookahead,
+        the last ``lookahead`` frames whose future has not arrived yet (so outputs lag the
+        input by ``lookahead`` frames). ``final=True`` (with the last chunk, possibly empty)
+        flushes them as ``forward`` does at the end of an utterance. Start with ``state=None``;
+        the concatenated outputs equal ``forward`` on the whole utterance (in eval mode).
+        """
+        if not self.streamable:
+            raise ValueError("a bidirectional RNN encoder cannot stream: it needs the whole utterance "
+                             "(train with bidirectional: false, optionally with lookahead > 0)")
+        state = state or {"subsampling": None, "hidden": None, "pending": None}
+        x, sub = self.subsampling_layer.infer(feats, state["subsampling"])
+        x = self.dropout(self.norm(x))
+        hidden = state["hidden"]
+        if x.shape[1] > 0:
+            x, hidden = self.rnn(x, hidden)
+        pending = None
+        if self.lookahead is not None:
+            x, pending = self.lookahead.infer(x, state["pending"], final)
+        return self.dropout(x), {"subsampling": sub, "hidden": hidden, "pending": pending}
 
 
 def build_encoder(config: EncoderConfig, input_dim: int) -> nn.Module:
