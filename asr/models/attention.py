@@ -158,6 +158,11 @@ class LSTMAttentionDecoder(nn.Module):
         out, state = self._advance(self.dropout(self.embed(token)), state, enc, mask)
         return F.log_softmax(self.output(self.dropout(out)).float(), dim=-1), state
 
+    @staticmethod
+    def reorder_state(state: State, index: torch.Tensor) -> State:
+        """Rows ``index`` ``(B',)`` of a batch's state (beam search reorders and expands hypotheses with it)."""
+        return {k: v.index_select(1 if k in ("h", "c") else 0, index) for k, v in state.items()}
+
 
 class TransformerAttentionDecoder(nn.Module):
     """Transformer decoder: token embedding + sinusoidal positions, ``layers`` pre-norm blocks
@@ -206,6 +211,11 @@ class TransformerAttentionDecoder(nn.Module):
         prefix = torch.cat([state["prefix"], token.unsqueeze(1)], dim=1)
         logits = self._logits(prefix, state["memory"], mask)[:, -1]
         return F.log_softmax(logits.float(), dim=-1), {"memory": state["memory"], "prefix": prefix}
+
+    @staticmethod
+    def reorder_state(state: State, index: torch.Tensor) -> State:
+        """Rows ``index`` ``(B',)`` of a batch's state (beam search reorders and expands hypotheses with it)."""
+        return {k: v.index_select(0, index) for k, v in state.items()}
 
 
 def build_decoder(config: AttentionConfig, enc_dim: int, vocab_size: int) -> nn.Module:
