@@ -8,6 +8,7 @@ Subcommands available:
   train --config FILE.yaml [key=value ...]  train a model (CTC, RNN-T or attention)
   transcribe --model CKPT FILE ...          print one transcript per audio file
   evaluate --model CKPT --manifest M.jsonl  WER/CER and per-utterance alignments
+  lm --manifest M.jsonl --out LM.arpa       build a word n-gram LM for beam search
 """
 
 from __future__ import annotations
@@ -87,6 +88,35 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="a checkpoint written by `asr train` (last.pt, best.pt, avg.pt)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default 16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--decoder", choices=("greedy", "beam", "modified_beam"), default="greedy",
+                   help="greedy; beam (CTC prefix beam search, RNN-T beam search of Graves 2012, attention beam "
+                        "search); modified_beam (RNN-T, at most one symbol per frame, batched)")
+    p.add_argument("--beam", type=int, default=4, help="beam width (default 4)")
+    p.add_argument("--lm", type=Path, default=None, help="word n-gram LM in ARPA format for CTC beam search (see `asr lm`)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight in shallow fusion (default 0.5)")
+    p.add_argument("--word-bonus", type=float, default=0.0, help="score added per word with an LM (default 0)")
+    p.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="attention models: weight of the CTC prefix score in beam search (default 0)")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="attention models: score added per output token in beam search (default 0)")
+
+
+def _decode_options(args: argparse.Namespace):
+    from asr.decode import DecodeOptions
+
+    return DecodeOptions(decoder=args.decoder, beam=args.beam, lm=str(args.lm or ""), lm_weight=args.lm_weight,
+                         word_bonus=args.word_bonus, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty)
+
+
+def _add_lm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lm", help="build a word n-gram language model (ARPA) from text",
+                       description="Trains a word n-gram LM on normalised text (one sentence per line of --text, "
+                                   "or the \"text\" of every --manifest item) and writes it as an ARPA file for "
+                                   "`--lm` shallow fusion.")
+    p.add_argument("--text", type=Path, nargs="*", default=[], help="text files, one sentence per line")
+    p.add_argument("--manifest", type=Path, nargs="*", default=[], help="manifests whose texts to use")
+    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    p.add_argument("--out", type=Path, required=True, help="the ARPA file to write")
 
 
 def _add_transcribe(sub: argparse._SubParsersAction) -> None:
@@ -96,6 +126,9 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
                                    "then 1.")
     p.add_argument("files", nargs="+", type=Path, help="audio files (any format soundfile reads, any sample rate)")
     _add_decode_flags(p)
+    p.add_argument("--streaming", action="store_true",
+                   help="recognise as a stream, chunk by chunk (forward-only/causal CTC or transducer models)")
+    p.add_argument("--chunk-ms", type=float, default=200.0, help="streaming chunk length in milliseconds (default 200)")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -141,13 +174,56 @@ def run_transcribe(args: argparse.Namespace) -> int:
         except AudioError as e:
             print(f"asr transcribe: error: {e}", file=sys.stderr)
             failed += 1
-    texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True)
+    if args.streaming:
+        return _transcribe_streaming(model, tokenizer, items, args.chunk_ms, device, failed)
+    texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True,
+                             options=_decode_options(args))
     for item, text in zip(items, texts):
         if text is None:
             failed += 1
             continue
         print(f"{item['audio']}\t{text}", flush=True)
     return 1 if failed else 0
+
+
+def _transcribe_streaming(model, tokenizer, items: list[dict], chunk_ms: float, device: str, failed: int) -> int:
+    import torch
+
+    from asr.audio import iter_audio_blocks
+    from asr.decode.streaming import Recognizer
+
+    recognizer = Recognizer(model.to(device), tokenizer, chunk_ms=chunk_ms)
+    sr = model.frontend.features.config.sample_rate
+    for item in items:
+        try:
+            state, text = None, ""
+            for block in iter_audio_blocks(item["audio"], sr, block_seconds=chunk_ms / 1000):
+                text, state = recognizer.infer(block.to(device), state)
+            text, state = recognizer.infer(torch.zeros(0, device=device), state, final=True)
+        except AudioError as e:
+            print(f"asr transcribe: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{item['audio']}\t{text}", flush=True)
+    return 1 if failed else 0
+
+
+def run_lm(args: argparse.Namespace) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.decode.lm import build_ngram
+
+    texts: list[str] = []
+    for path in args.text:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: text file not found")
+        texts += path.read_text(encoding="utf-8").splitlines()
+    for path in args.manifest:
+        texts += [it["text"] for it in read_manifest(path, needs_text=True) if "text" in it]
+    if not texts:
+        raise ValueError("no text: give --text and/or --manifest")
+    build_ngram(texts, order=args.order, path=args.out)
+    print(args.out)
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -160,7 +236,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, family, tokenizer, _ = load_model(args.model, device)
     items = read_manifest(args.manifest, needs_text=True)
-    hyps = transcribe_items(model, family, tokenizer, items, args.batch_size, device)
+    hyps = transcribe_items(model, family, tokenizer, items, args.batch_size, device, options=_decode_options(args))
     refs = [normalize_text(it["text"]) for it in items]
     rates = error_rates(refs, hyps)
     out = args.alignments or args.model.parent / f"alignments-{args.manifest.stem}.txt"
@@ -223,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_transcribe(sub)
     _add_evaluate(sub)
+    _add_lm(sub)
     return parser
 
 
 COMMANDS = {"prepare": run_prepare, "download": run_download, "train": run_train,
-            "transcribe": run_transcribe, "evaluate": run_evaluate}
+            "transcribe": run_transcribe, "evaluate": run_evaluate, "lm": run_lm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ duration-sorted batches and returns the texts in the input order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,6 +16,56 @@ from asr.data.dataset import AudioDataset, collate_batch
 from asr.data.sampler import DurationBucketSampler
 from asr.models import Family
 from asr.text import Tokenizer
+
+
+@dataclass
+class DecodeOptions:
+    """How to decode; the flags of ``asr transcribe`` / ``asr evaluate``."""
+
+    decoder: str = "greedy"  # greedy | beam | modified_beam (transducer only)
+    beam: int = 4  # beam width
+    lm: str = ""  # word n-gram language model (ARPA) for CTC shallow fusion
+    lm_weight: float = 0.5  # weight of the LM log-probability
+    word_bonus: float = 0.0  # added per word (CTC with an LM)
+    ctc_weight: float = 0.0  # attention models: weight of the CTC prefix score in the beam search
+    length_penalty: float = 0.0  # attention models: added per output token
+
+
+def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: DecodeOptions, tokenizer: Tokenizer,
+                 lm=None) -> list[list[int]]:
+    """The best token sequence of every utterance of ``batch`` with the decoder ``options`` names."""
+    if options.decoder == "greedy":
+        return family.decode(model, batch)
+    if options.decoder not in ("beam", "modified_beam"):
+        raise ValueError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
+    if family.name == "ctc":
+        from asr.decode.ctc import ctc_decode_nbest
+
+        nbest = ctc_decode_nbest(model, batch, options.beam, lm=lm, lm_weight=options.lm_weight,
+                                 word_bonus=options.word_bonus, tokenizer=tokenizer)
+    elif family.name == "transducer":
+        from asr.decode.transducer import transducer_decode_nbest
+
+        nbest = transducer_decode_nbest(model, batch, decoder=options.decoder, beam=options.beam)
+    elif family.name == "attention":
+        from asr.decode.seq2seq import attention_decode_nbest
+
+        nbest = attention_decode_nbest(model, batch, beam=options.beam, ctc_weight=options.ctc_weight,
+                                       length_penalty=options.length_penalty)
+    else:
+        raise ValueError(f"family {family.name!r} has no beam search")
+    if options.decoder == "modified_beam" and family.name != "transducer":
+        raise ValueError("modified_beam is the transducer's search; use beam")
+    return [hyps[0].tokens if hyps else [] for hyps in nbest]
+
+
+def load_lm(options: DecodeOptions):
+    """The n-gram LM named by ``options.lm`` (or ``None``)."""
+    if not options.lm:
+        return None
+    from asr.decode.lm import NGramLM
+
+    return NGramLM.from_arpa(options.lm)
 
 
 @torch.no_grad()
@@ -27,13 +78,19 @@ def transcribe_items(
     device: str | torch.device = "cpu",
     progress: bool = True,
     skip_bad: bool = False,
+    options: DecodeOptions | None = None,
 ) -> list[str | None]:
-    """Greedy transcripts of ``items`` (manifest dicts with ``id``/``audio``), in input order.
+    """Transcripts of ``items`` (manifest dicts with ``id``/``audio``), in input order.
 
+    ``options`` picks the decoder (greedy by default).
     With ``skip_bad`` an unreadable file gives ``None`` (and a warning naming it) instead
     of raising :class:`asr.audio.AudioError`.
     """
     model.eval()
+    options = options or DecodeOptions()
+    if options.decoder == "modified_beam" and family.name != "transducer":
+        raise ValueError("modified_beam is the transducer's search; use beam")
+    lm = load_lm(options)
     sr = model.frontend.features.config.sample_rate
     dataset = AudioDataset(items, sample_rate=sr, skip_bad=skip_bad)
     durations = [float(it.get("duration", 0.0)) for it in items]
@@ -46,6 +103,6 @@ def transcribe_items(
             if not batch["ids"]:
                 continue
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            for uid, ids in zip(batch["ids"], family.decode(model, batch)):
+            for uid, ids in zip(batch["ids"], decode_batch(model, family, batch, options, tokenizer, lm)):
                 texts[uid] = tokenizer.decode(ids)
     return [texts.get(it["id"]) for it in items]
