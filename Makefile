@@ -24,7 +24,9 @@ test: system-deps venv
 	$(PY) -m pytest
 
 bench: venv
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/frontend.py
+	$(PY) benchmarks/train_throughput.py
 
 venv: $(VENV)/.installed
 

@@ -22,7 +22,7 @@ ENCODER = {"kind": "conformer", "subsampling": 4, "conv_channels": 16, "dim": 96
 FAMILIES = {
     "ctc": {},
     "transducer": {"transducer": {"pred_dim": 96, "joint_dim": 96}},
-    "attention": {"attention": {"decoder": "transformer", "dim": 96, "layers": 1, "heads": 4, "dropout": 0.0,
+    "attention": {"attention": {"decoder": "lstm", "dim": 96, "layers": 1, "att_dim": 64, "dropout": 0.0,
                                 "label_smoothing": 0.0, "ctc_weight": 0.3}},
 }
 
@@ -49,7 +49,7 @@ def test_family_overfits_real_librispeech(family, four_utterances, tmp_path):
         "data": {"train": str(folder / "train.jsonl"), "batch_size": 4, "num_workers": 0, "sortagrad": False,
                  "cmvn_max_items": 0},
         "optim": {"lr": 0.003, "schedule": "warmup_cosine", "warmup_steps": 30, "weight_decay": 0.0},
-        "epochs": 45, "out_dir": str(tmp_path), "ckpt_every_steps": 0, "keep_checkpoints": 1,
+        "epochs": 80, "out_dir": str(tmp_path), "ckpt_every_steps": 0, "keep_checkpoints": 1,
         "tensorboard": False, "threads": 1, "log_every": 40,
     })
     torch.set_num_threads(1)
