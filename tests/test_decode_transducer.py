@@ -208,15 +208,21 @@ def test_beam_search_narrow_beam_is_a_lower_bound(seed):
                 assert h.am_score <= truth[tuple(h.tokens)] + 1e-5
 
 
-def test_beam_search_length_norm_reranks_the_same_hypotheses():
-    model = tiny_model(6, seed=6, sharpen=3.0)
-    enc = random_enc(model, 10, seed=6)
-    plain = transducer_beam_search(model, enc, beam=6)
-    normed = transducer_beam_search(model, enc, beam=6, length_norm=True)
+def test_beam_search_length_norm():
+    """length_norm ranks by am_score / (length + 1); with nothing pruned it re-ranks the same set."""
+    model = tiny_model(3, seed=6, sharpen=3.0, blank_bias=1.0)
+    enc = random_enc(model, 3, seed=6)
+    plain = transducer_beam_search(model, enc, beam=1024, nbest=1024, max_symbols_per_frame=2)
+    normed = transducer_beam_search(model, enc, beam=1024, nbest=1024, max_symbols_per_frame=2, length_norm=True)
     assert_sorted(normed)
     assert {tuple(h.tokens): h.am_score for h in plain} == pytest.approx({tuple(h.tokens): h.am_score for h in normed})
     for h in normed:
         assert h.score == pytest.approx(h.am_score / (len(h.tokens) + 1))
+    assert [h.tokens for h in normed] != [h.tokens for h in plain]  # the ranking did change
+    model = tiny_model(6, seed=6, sharpen=3.0)
+    narrow = transducer_beam_search(model, random_enc(model, 10, seed=6), beam=4, length_norm=True)
+    assert_sorted(narrow)
+    assert len(narrow) == 4
 
 
 def test_beam_search_beats_greedy_on_a_random_model():

@@ -124,8 +124,10 @@ def transducer_beam_search(
         nbest: hypotheses returned (default ``beam``).
         max_symbols_per_frame: how many labels the expansion adds to a hypothesis of ``B``
             on one frame (prefix merging also follows at most this many labels).
-        length_norm: rank the final ``B`` by ``am_score / (len(tokens) + 1)`` (Graves's last
-            step, which counters the bias towards short outputs) instead of by ``am_score``.
+        length_norm: rank ``B`` by ``am_score / (len(tokens) + 1)`` instead of ``am_score``,
+            both when it is pruned after each frame and at the end (Graves normalizes the
+            final choice by length; torchaudio's ``RNNTBeamSearch`` also prunes this way).
+            It counters the search's bias towards short outputs.
 
     Returns:
         Up to ``nbest`` hypotheses, best first by ``score``; ``am_score`` is the log-probability
@@ -138,6 +140,11 @@ def transducer_beam_search(
     joiner = model.joiner
     tree = _PrefixTree(model, enc.device)
     enc_proj = joiner.project_encoder(enc)  # (T, J)
+
+    def rank(item: tuple[int, float]) -> float:
+        node, logp = item
+        return logp / (tree.depth[node] + 1) if length_norm else logp
+
     B: dict[int, float] = {0: 0.0}
     for t in range(enc.shape[0]):
         A0 = B
@@ -216,13 +223,9 @@ def transducer_beam_search(
                         continue
                     A[c] = cs
                     nsym[c] = nsym[n] + 1
-        B = dict(heapq.nlargest(beam, Bn.items(), key=lambda kv: kv[1]))
-    if length_norm:
-        scored = [(n, s / (tree.depth[n] + 1), s) for n, s in B.items()]
-    else:
-        scored = [(n, s, s) for n, s in B.items()]
-    best = sorted(scored, key=lambda x: x[1], reverse=True)[: nbest or beam]
-    return [Hypothesis(tree.tokens(n), score=sc, am_score=s) for n, sc, s in best]
+        B = dict(heapq.nlargest(beam, Bn.items(), key=rank))
+    best = sorted(B.items(), key=rank, reverse=True)[: nbest or beam]
+    return [Hypothesis(tree.tokens(n), score=rank((n, s)), am_score=s) for n, s in best]
 
 
 @torch.no_grad()
