@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,3 +18,12 @@ def shared_data() -> Path:
     if not d.is_dir():
         pytest.skip(f"real recordings not found at {d} (set ASR_SHARED_DATA); CI always has them")
     return d
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run several times faster on one thread, more so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ from asr.models.seq2seq import EOS, AttentionModel, attention_decode, attention_
 KINDS = ["lstm", "transformer"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(kind: str, vocab: int = 12, ctc_weight: float = 0.0, seed: int = 0) -> AttentionModel:

@@ -20,13 +20,7 @@ from asr.models.seq2seq import EOS, AttentionModel, attention_decode, attention_
 V, D_ENC = 12, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run several times faster on one thread, more so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_decoder(kind: str) -> torch.nn.Module:

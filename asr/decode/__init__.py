@@ -31,13 +31,20 @@ class DecodeOptions:
     length_penalty: float = 0.0  # attention models: added per output token
 
 
+def check_options(family: Family, options: DecodeOptions) -> None:
+    """Raise ``ValueError`` for a decoder name that does not exist or does not fit the family."""
+    if options.decoder not in ("greedy", "beam", "modified_beam"):
+        raise ValueError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
+    if options.decoder == "modified_beam" and family.name != "transducer":
+        raise ValueError("modified_beam is the transducer's search; use beam")
+
+
 def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: DecodeOptions, tokenizer: Tokenizer,
                  lm=None) -> list[list[int]]:
     """The best token sequence of every utterance of ``batch`` with the decoder ``options`` names."""
+    check_options(family, options)
     if options.decoder == "greedy":
         return family.decode(model, batch)
-    if options.decoder not in ("beam", "modified_beam"):
-        raise ValueError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
     if family.name == "ctc":
         from asr.decode.ctc import ctc_decode_nbest
 
@@ -54,8 +61,6 @@ def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: D
                                        length_penalty=options.length_penalty)
     else:
         raise ValueError(f"family {family.name!r} has no beam search")
-    if options.decoder == "modified_beam" and family.name != "transducer":
-        raise ValueError("modified_beam is the transducer's search; use beam")
     return [hyps[0].tokens if hyps else [] for hyps in nbest]
 
 
@@ -88,8 +93,7 @@ def transcribe_items(
     """
     model.eval()
     options = options or DecodeOptions()
-    if options.decoder == "modified_beam" and family.name != "transducer":
-        raise ValueError("modified_beam is the transducer's search; use beam")
+    check_options(family, options)  # before reading any audio
     lm = load_lm(options)
     sr = model.frontend.features.config.sample_rate
     dataset = AudioDataset(items, sample_rate=sr, skip_bad=skip_bad)
