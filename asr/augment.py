@@ -328,10 +328,10 @@ def time_shift(wav: torch.Tensor, max_shift: int, generator: torch.Generator | N
 
 @dataclass
 class WaveformAugment:
-    """Random speed change, time shift and additive noise for one waveform ``(N,)``.
+    """Random speed change, time shift, additive noise and gain for one waveform ``(N,)``.
 
-    Each step runs with its own probability, in the order speed -> shift -> noise (so
-    the SNR refers to the speech as it is finally heard).
+    Each step runs with its own probability, in the order speed -> shift -> noise -> gain
+    (so the SNR refers to the speech as it is finally heard).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -349,6 +349,8 @@ class WaveformAugment:
     max_shift: int = 0  # largest time shift in samples (0 = off)
     shift_prob: float = 0.5  # probability of a time shift
     sample_rate: int = 16000  # rate of the waveforms in Hz
+    gain_db: tuple[float, float] = (0.0, 0.0)  # random gain range in dB, applied last (0, 0 = off)
+    gain_prob: float = 0.0  # probability of a gain change
 
     def __call__(self, wav: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment ``wav`` ``(N,)``; the result is ``(N',)`` (N' differs after a speed change)."""
@@ -363,4 +365,9 @@ class WaveformAugment:
             noise = self.noises[min(int(u[4] * len(self.noises)), len(self.noises) - 1)]
             lo, hi = self.snr_range
             wav = add_noise(wav, noise, lo + (hi - lo) * u[5], generator)
+        if self.gain_prob > 0 and self.gain_db != (0.0, 0.0):
+            g = _rand((2,), generator, torch.device("cpu")).tolist()
+            if g[0] < self.gain_prob:
+                lo, hi = self.gain_db
+                wav = wav * 10.0 ** ((lo + (hi - lo) * g[1]) / 20.0)
         return wav

@@ -150,6 +150,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Copy a checkpoint without its training state (optimizer, RNG, ...), for shipping a model.
+
+    Float weights stay float32. Returns the size of ``dst`` in bytes.
+    """
+    ckpt = load_checkpoint(src)
+    keep = {k: ckpt[k] for k in ("format", "family", "config", "model", "tokenizer", "labels") if k in ckpt}
+    save_checkpoint(keep, dst)
+    return Path(dst).stat().st_size
+
+
 def epoch_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     """``out_dir/epoch-<n>.pt`` files, oldest epoch first."""
     out_dir = Path(out_dir)

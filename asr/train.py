@@ -106,6 +106,8 @@ class Trainer:
                                     f"out_dir or the config it was trained with ({e})") from None
         elif ctx.is_main:  # other ranks receive rank 0's weights and statistics when wrapped
             compute_model_cmvn(model, self.data.train_items, config)
+            if family.prepare is not None:
+                family.prepare(model, self.data.train_items, self.data.labels or self.data.tokenizer)
         self.model = wrap_model(model.to(ctx.device), ctx, config.distributed)
         o = config.optim
         self.optimizer = build_optimizer(self.model, o.optimizer, o.lr, o.weight_decay, o.betas, o.momentum)

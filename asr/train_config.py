@@ -40,6 +40,8 @@ class DataConfig:
     speed_prob: float = 0.0  # probability of a speed change
     max_shift_ms: float = 0.0  # largest random time shift (0 = off)
     shift_prob: float = 0.5  # probability of a time shift
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # random gain range in dB (0, 0 = off)
+    gain_prob: float = 0.5  # probability of a gain change (when gain_db is not 0, 0)
     cmvn_max_items: int = 500  # training utterances for the global CMVN statistics (0 = all)
 
 

@@ -1,24 +1,35 @@
 """The ``kws`` command. ``kws <subcommand> --help`` explains every flag.
 
-Subcommands available:
-  prepare ROOT --out DIR    Speech Commands manifests (12- or 35-class protocol)
+Subcommands:
+  detect FILE...                  keyword events in recordings of any length (default model built in)
+  train --config F.yaml [k=v...]  train a CRNN keyword spotter (the toolkit's training loop)
+  evaluate --model M --manifest M accuracy, per-class accuracy, confusion; FRR vs false alarms/hour
+  prepare ROOT --out DIR          Speech Commands manifests (12- or 35-class protocol)
+  split MANIFEST --out DIR        speaker-disjoint parts of a manifest (e.g. train/test)
+  combine OUT IN[:REPEAT]...      one manifest from several, repeating some
+  make-stream --manifest M --out F.wav   a long recording of clips in noise, with keyword truth
+  export CKPT OUT                 a checkpoint without its training state (for shipping a model)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import logging
 import sys
 from pathlib import Path
 
 from asr.audio import AudioError
+from asr.checkpoint import CheckpointError
+from asr.config import ConfigError
 from asr.data.manifest import ManifestError
-from asr.utils import setup_logging
+from asr.utils import atomic_open, setup_logging
+
+log = logging.getLogger("kws")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="manifests for a Speech Commands-layout corpus",
                        description="Same as `asr prepare speech-commands`: writes OUT/{train,valid,test}.jsonl.")
     p.add_argument("root", type=Path, help="the extracted Speech Commands folder (or a synthetic one)")
@@ -28,20 +39,287 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silence-fraction", type=float, default=0.1, help="silence windows per split (fraction, default 0.1)")
     p.add_argument("--unknown-fraction", type=float, default=None, help="cap _unknown_ clips (fraction of keyword clips)")
     p.add_argument("--seed", type=int, default=0, help="seed for the silence and unknown choices")
+
+
+def _add_split(sub) -> None:
+    p = sub.add_parser("split", help="speaker-disjoint parts of a manifest",
+                       description="Split a manifest by its items' 'speaker' field so that no speaker is in two "
+                                   "parts; writes OUT/<part>.jsonl for each part.")
+    p.add_argument("manifest", type=Path, help="the manifest to split")
+    p.add_argument("--out", type=Path, required=True, help="folder for the parts")
+    p.add_argument("--parts", default="train=0.5,test=0.5",
+                   help="part names with their share of the speakers (default train=0.5,test=0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the speaker order (default 0)")
+
+
+def _add_combine(sub) -> None:
+    p = sub.add_parser("combine", help="one manifest from several",
+                       description="Concatenate manifests; IN:REPEAT lists that manifest's items REPEAT times "
+                                   "(ids of the copies get #1, #2, ...), e.g. to weight scarce real clips.")
+    p.add_argument("out", type=Path, help="the manifest to write")
+    p.add_argument("inputs", nargs="+", metavar="IN[:REPEAT]", help="input manifests, each optionally with :REPEAT")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a keyword spotter from a YAML config",
+                       description="Train with the toolkit's training loop (the same as `asr train`). The YAML maps "
+                                   "onto asr.train.TrainConfig with model.family: crnn; the CRNN's sizes are under "
+                                   "model.extra.crnn (kws.model.CRNNConfig). key=value arguments override the file. "
+                                   "A run whose out_dir holds last.pt resumes from it.")
+    p.add_argument("--config", type=Path, required=True, help="YAML config (see recipes/speech_commands/conf)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys for sections")
+
+
+def _add_detector_flags(p) -> None:
+    p.add_argument("--model", type=Path, default=None, help="a crnn checkpoint (default: the model shipped with the package)")
+    p.add_argument("--keywords", default=None, help="comma-separated keywords to report (default: all the model knows)")
+    p.add_argument("--threshold", type=float, default=None, help="smoothed posterior needed to fire (default 0.5, or the model's)")
+    p.add_argument("--hop", type=float, default=None, help="seconds between analysis windows (default 0.08)")
+    p.add_argument("--smooth", type=int, default=None, help="windows averaged to smooth the posteriors (default 3)")
+    p.add_argument("--patience", type=int, default=None, help="windows above the threshold before a detection counts (default 2)")
+    p.add_argument("--refractory", type=float, default=None, help="seconds after a detection with no other (default 1.0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+
+
+def _add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="find keywords in recordings",
+                       description="Stream each file in blocks (any length, any soundfile format and sample rate), "
+                                   "slide the model over it and print one event per detection: file, keyword, start "
+                                   "and end in seconds, score. Files that cannot be read are reported on stderr and "
+                                   "the others still processed; the exit status is 1 if any file failed.")
+    p.add_argument("files", nargs="+", type=Path, help="audio files")
+    _add_detector_flags(p)
+    p.add_argument("--format", choices=("text", "jsonl", "json", "csv"), default="text",
+                   help="text (tab-separated, default), jsonl/json (one JSON object per line) or csv")
+    p.add_argument("--block-seconds", type=float, default=30.0, help="seconds read from a file at a time (default 30)")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy and false rejection vs false alarms per hour",
+                       description="Classify the manifest's clips: accuracy, per-class accuracy, confusion matrix. "
+                                   "With --negative: the detector's false alarms per hour on those keyword-free "
+                                   "recordings against the false rejection rate on the manifest's keyword clips, over "
+                                   "thresholds; prints the FRR at 0.5 false alarms per hour and saves a DET plot. "
+                                   "With --stream and --truth: the share of keywords found within --tolerance seconds.")
+    p.add_argument("--manifest", type=Path, required=True, help="clips with a 'label' field")
+    _add_detector_flags(p)
+    p.add_argument("--negative", type=Path, nargs="*", default=[], help="long recordings without any keyword")
+    p.add_argument("--det-plot", type=Path, default=None, help="DET curve PNG (default: det.png beside --json, or none)")
+    p.add_argument("--stream", type=Path, default=None, help="a long recording with keywords (see make-stream)")
+    p.add_argument("--truth", type=Path, default=None, help="the keyword times of --stream (JSON lines)")
+    p.add_argument("--tolerance", type=float, default=0.5, help="seconds a detection's start/end may be off (default 0.5)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per batch (default 64)")
+
+
+def _add_make_stream(sub) -> None:
+    p = sub.add_parser("make-stream", help="a long test recording built from clips",
+                       description="Join the manifest's clips with gaps of background noise into one WAV file (written "
+                                   "block by block) and write where each keyword is (JSON lines).")
+    p.add_argument("--manifest", type=Path, required=True, help="clips to use")
+    p.add_argument("--out", type=Path, required=True, help="the WAV file to write")
+    p.add_argument("--truth", type=Path, default=None, help="keyword times (default: OUT with .truth.jsonl)")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated labels of the clips to use (default all); e.g. _unknown_,_silence_ for a "
+                        "keyword-free recording")
+    p.add_argument("--keywords", default="yes,no,up,down,left,right,on,off,stop,go",
+                   help="labels written to the truth file (default the ten Speech Commands keywords)")
+    p.add_argument("--noise-manifest", type=Path, default=None, help="background noise recordings (default quiet white noise)")
+    p.add_argument("--minutes", type=float, default=None, help="cycle through the clips until this long (default: each once)")
+    p.add_argument("--gap", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"), help="seconds between clips")
+    p.add_argument("--snr", type=float, nargs=2, default=(10.0, 20.0), metavar=("MIN", "MAX"), help="speech-to-noise dB")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="strip the training state from a checkpoint",
+                       description="Write a copy of CKPT with only the weights, config and labels (no optimizer or "
+                                   "RNG state): what kws/pretrained/crnn.pt holds.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (best.pt, last.pt)")
+    p.add_argument("out", type=Path, help="the file to write")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_detect, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream,
+                _add_export):
+        add(sub)
     return parser
+
+
+def _detector(args):
+    import torch
+
+    from kws.detect import Detector, DetectorConfig, load_detector_model
+
+    torch.set_num_threads(max(1, args.threads))
+    model, labels = load_detector_model(args.model)
+    overrides = {k: getattr(args, k) for k in ("threshold", "hop", "smooth", "patience", "refractory")
+                 if getattr(args, k) is not None}
+    keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
+    return Detector(model, labels, keywords, DetectorConfig(**overrides))
+
+
+def run_detect(args) -> int:
+    from kws.detect import detect_file
+
+    detector = _detector(args)
+    failed = 0
+    writer = csv.writer(sys.stdout) if args.format == "csv" else None
+    if writer:
+        writer.writerow(["file", "keyword", "start", "end", "score"])
+    for path in args.files:
+        try:
+            for ev in detect_file(detector, path, args.block_seconds):
+                if args.format in ("jsonl", "json"):
+                    print(json.dumps(ev.to_dict()), flush=True)
+                elif writer:
+                    writer.writerow([ev.file, ev.keyword, f"{ev.start:.2f}", f"{ev.end:.2f}", f"{ev.score:.3f}"])
+                else:
+                    print(f"{ev.file}\t{ev.keyword}\t{ev.start:.2f}\t{ev.end:.2f}\t{ev.score:.3f}", flush=True)
+        except AudioError as e:
+            print(f"kws detect: error: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def run_evaluate(args) -> int:
+    from asr.data.manifest import read_manifest
+    from kws.evaluate import accuracy_report, classify_items, det_curve, localization
+
+    detector = _detector(args)
+    model, labels = detector.model, detector.labels
+    items = read_manifest(args.manifest)
+    probs, truth = classify_items(model, labels, items, args.batch_size)
+    report = accuracy_report(probs, truth, labels)
+    print(report.format())
+    result: dict = {"accuracy": report.accuracy, "clips": len(items),
+                    "per_class": {k: v[0] for k, v in report.per_class().items()},
+                    "confusion": report.confusion.tolist(), "labels": labels}
+    if args.negative:
+        curve = det_curve(detector, probs, truth, labels, args.negative)
+        frr, thr = curve.frr_at(0.5)
+        print(f"\nfalse rejection rate at 0.5 false alarms per hour: {100 * frr:.2f}% (threshold {thr:.3f}; "
+              f"{curve.hours:.2f} h keyword-free audio)")
+        plot = args.det_plot or (args.json.with_suffix(".det.png") if args.json else None)
+        if plot:
+            curve.save_plot(plot)
+            print(f"DET curve: {plot}")
+        result.update(frr_at_0_5_fa_per_hour=frr, threshold_at_0_5_fa_per_hour=thr, negative_hours=curve.hours,
+                      det={"threshold": curve.thresholds.tolist(), "frr": curve.frr.tolist(),
+                           "fa_per_hour": curve.fa_per_hour.tolist()})
+    if args.stream:
+        from kws.detect import detect_file
+
+        truth_path = args.truth or args.stream.with_suffix(".truth.jsonl")
+        refs = [json.loads(line) for line in truth_path.read_text().splitlines() if line.strip()]
+        events = list(detect_file(detector, args.stream))
+        loc = localization(events, refs, args.tolerance)
+        hours = detector.seconds_processed / 3600
+        print(f"\n{args.stream}: found {loc['found']}/{loc['total']} keywords ({100 * loc['recall']:.1f}%) within "
+              f"{args.tolerance} s; {loc['false_alarms']} other detections in {60 * hours:.1f} min")
+        result["stream"] = {**loc, "minutes": 60 * hours}
+    if args.json:
+        with atomic_open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def run_prepare(args) -> int:
+    from asr.data.speech_commands import prepare_speech_commands
+
+    out = prepare_speech_commands(args.root, args.out, protocol=args.protocol, silence_fraction=args.silence_fraction,
+                                  unknown_fraction=args.unknown_fraction, seed=args.seed)
+    for split, path in out.items():
+        print(f"{split}\t{path}")
+    return 0
+
+
+def run_split(args) -> int:
+    from asr.data.manifest import read_manifest, write_manifest
+    from kws.data import split_by_speaker
+
+    try:
+        parts = {k.strip(): float(v) for k, v in (p.split("=") for p in args.parts.split(","))}
+    except ValueError:
+        raise ValueError(f"--parts: expected name=fraction,..., got {args.parts!r}") from None
+    for name, items in split_by_speaker(read_manifest(args.manifest), parts, args.seed).items():
+        path = write_manifest(args.out / f"{name}.jsonl", items)
+        speakers = len({it.get("speaker", it["id"]) for it in items})
+        print(f"{name}\t{path}\t{len(items)} clips\t{speakers} speakers")
+    return 0
+
+
+def run_combine(args) -> int:
+    from kws.data import combine_manifests
+
+    sources = []
+    for spec in args.inputs:
+        path, _, repeat = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "1")
+        sources.append((Path(path), int(repeat)))
+    out, n = combine_manifests(args.out, sources)
+    print(f"{out}\t{n} items")
+    return 0
+
+
+def run_make_stream(args) -> int:
+    from asr.audio import read_audio
+    from asr.data.manifest import read_manifest
+    from kws.stream import build_stream
+
+    items = read_manifest(args.manifest)
+    if args.labels:
+        wanted = {l.strip() for l in args.labels.split(",")}
+        items = [it for it in items if it.get("label") in wanted]
+    noises = []
+    if args.noise_manifest:
+        noises = [read_audio(it["audio"], 16000)[0] for it in read_manifest(args.noise_manifest)]
+    truth = build_stream(items, args.out, [k.strip() for k in args.keywords.split(",")], noises, args.minutes,
+                         tuple(args.gap), tuple(args.snr), seed=args.seed)
+    truth_path = args.truth or args.out.with_suffix(".truth.jsonl")
+    with atomic_open(truth_path, "w") as f:
+        for t in truth:
+            f.write(json.dumps(t) + "\n")
+    print(f"{args.out}\t{len(truth)} keywords\t{truth_path}")
+    return 0
+
+
+def run_train(args) -> int:
+    from asr.config import load_config
+    from asr.train import TrainConfig, train
+
+    config = load_config(TrainConfig, args.config, args.overrides)
+    if config.model.family != "crnn":
+        log.warning("%s: model.family is %r; `kws train` is meant for crnn", args.config, config.model.family)
+    for key, value in train(config).items():
+        print(f"{key}\t{value}")
+    return 0
+
+
+def run_export(args) -> int:
+    from asr.checkpoint import export_checkpoint
+    from kws.detect import load_detector_model
+
+    size = export_checkpoint(args.checkpoint, args.out)
+    model, labels = load_detector_model(args.out)  # checks that it loads as a keyword spotter
+    print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
+    return 0
+
+
+COMMANDS = {"detect": run_detect, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
+            "split": run_split, "combine": run_combine, "make-stream": run_make_stream,
+            "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        from asr.data.speech_commands import prepare_speech_commands
-
-        out = prepare_speech_commands(args.root, args.out, protocol=args.protocol, silence_fraction=args.silence_fraction,
-                                      unknown_fraction=args.unknown_fraction, seed=args.seed)
-    except (AudioError, ManifestError, FileNotFoundError, ValueError) as e:
+        return COMMANDS[args.command](args)
+    except (AudioError, ManifestError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"kws {args.command}: error: {e}", file=sys.stderr)
         return 2
-    for split, path in out.items():
-        print(f"{split}\t{path}")
-    return 0
+    except KeyboardInterrupt:
+        return 130

@@ -331,6 +331,9 @@ def prepare_speech_commands(
     otherwise from the speaker hash of :func:`which_set`; folders starting with
     ``_`` other than the two silence sources are ignored.
 
+    With background noise (and protocol 12), each split's part of it is also listed in
+    ``out_dir/noise_<split>.jsonl``, a noise manifest for training-time augmentation.
+
     Returns:
         ``{"train": path, "valid": path, "test": path}``.
     """
@@ -369,4 +372,8 @@ def prepare_speech_commands(
         items.sort(key=lambda it: it["id"])
         paths[split] = write_manifest(out_dir / f"{split}.jsonl", items)
         log.info("%s: %d clips", paths[split], len(items))
+        if use_noise and segments[split]:  # this split's background noise, for augmentation (data.noise_manifest)
+            noise = [{"id": f"{s.rel}@{s.start}", "audio": str(s.path), "offset": s.start / s.sample_rate,
+                      "duration": (s.end - s.start) / s.sample_rate} for s in segments[split]]
+            write_manifest(out_dir / f"noise_{split}.jsonl", noise)
     return paths

@@ -41,7 +41,10 @@ class Family:
     tokenizer) or ``"labels"`` (class indices).
     ``build(config, num_outputs) -> nn.Module``;
     ``loss(model, batch) -> LossOutput``;
-    ``decode(model, batch) -> list`` of token-id lists (or class ids) for dev error rates.
+    ``decode(model, batch) -> list`` of token-id lists (or class ids) for dev error rates;
+    ``prepare(model, train_items, targets)``, optional, sets what a new model learns from
+    the training set before the first step (the keyword spotter's class weights), where
+    ``targets`` is the tokenizer or the list of class labels.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Family:
     loss: Callable[[nn.Module, dict], LossOutput]
     decode: Callable[[nn.Module, dict], list]
     targets: str = "tokens"
+    prepare: Callable[[nn.Module, list, object], None] | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -68,9 +72,14 @@ def get_family(name: str) -> Family:
 
 
 def _load_builtin() -> None:
+    """Import the built-in families and those other packages declare under the
+    ``asr.families`` entry-point group (the keyword spotter's ``crnn``)."""
     import importlib
+    from importlib.metadata import entry_points
 
-    for module in ("asr.models.ctc", "asr.models.transducer", "asr.models.seq2seq"):
+    modules = ["asr.models.ctc", "asr.models.transducer", "asr.models.seq2seq"]
+    modules += [ep.value.split(":")[0] for ep in entry_points(group="asr.families")]
+    for module in modules:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -1,0 +1,267 @@
+"""Streaming keyword detection over audio of any length.
+
+:class:`Detector` turns a stream of samples into keyword events:
+
+1. features frame by frame (:meth:`asr.features.FeatureExtractor.infer`) and the global CMVN;
+2. the CRNN's convolution once per convolution frame (it is shift-invariant, so windows share it);
+3. the recurrent layers and classifier on a sliding window as long as a training clip
+   (1 s by default), one window every ``hop`` seconds, all ready windows in one batch;
+4. posteriors smoothed by a causal moving average over ``smooth`` windows;
+5. per keyword, a run of windows whose smoothed posterior reaches ``threshold`` for at least
+   ``patience`` windows becomes one event, reported when the run ends (or reaches
+   ``max_event`` seconds) with the start and end of its best window and its best score;
+   after an event, nothing fires for ``refractory`` seconds.
+
+With log-mel features the posterior of a window equals the model's output on the same
+samples cut out as a clip (tested). Memory does not grow with the stream: only the
+frames the next window needs are kept.
+
+Example:
+    >>> import torch
+    >>> from asr.models.config import ModelConfig
+    >>> from asr.features import FeatureConfig
+    >>> from kws.model import CRNN
+    >>> model = CRNN(ModelConfig(family="crnn", features=FeatureConfig(n_mels=40)), 12).eval()
+    >>> labels = ["_silence_", "_unknown_", "down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes"]
+    >>> det = Detector(model, labels, threshold=0.99)
+    >>> events = det.process(torch.zeros(16000 * 3)) + det.flush()
+    >>> det.seconds_processed
+    3.0
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from asr.audio import iter_audio_blocks
+
+NON_KEYWORDS = ("_silence_", "_unknown_")
+
+
+@dataclass
+class Event:
+    """One detection: ``keyword`` said between ``start`` and ``end`` seconds, with ``score``."""
+
+    keyword: str
+    start: float
+    end: float
+    score: float
+    file: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DetectorConfig:
+    threshold: float = 0.5  # smoothed posterior a keyword must reach
+    hop: float = 0.08  # seconds between window starts (rounded to whole convolution frames)
+    smooth: int = 3  # windows in the causal moving average of the posteriors
+    patience: int = 2  # windows at or above the threshold before a run counts
+    refractory: float = 1.0  # seconds after an event during which nothing fires
+    max_event: float = 2.0  # a run longer than this is reported and a new one may start
+
+
+class _EventLogic:
+    """Runs of smoothed posteriors above the threshold -> events (incremental).
+
+    ``update(scores (N, K), window_index_of_first_row) -> [(k, best_window, best_score)]``.
+    Only windows where some keyword is at or above the threshold, and the window after
+    each, are visited in Python; everything else is array work.
+    """
+
+    def __init__(self, num_keywords: int, threshold: float, patience: int, refractory_windows: int, max_windows: int):
+        self.threshold, self.patience = threshold, patience
+        self.refractory, self.max_windows = refractory_windows, max_windows
+        self.runs: dict[int, list] = {}  # keyword -> [first window, length, best window, best score]
+        self.quiet_until = -1  # no event may start before this window
+        self.K = num_keywords
+
+    def update(self, scores: np.ndarray, first: int) -> list[tuple[int, int, float]]:
+        events: list[tuple[int, int, float]] = []
+        above = scores >= self.threshold
+        rows = np.flatnonzero(above.any(axis=1))
+        visit = np.union1d(rows, rows + 1)
+        if self.runs:  # a run open from the previous call ends at row 0 unless it continues
+            visit = np.union1d(visit, [0])
+        visit = visit[visit < len(scores)]
+        for r in visit.tolist():
+            w = first + r
+            for k in list(self.runs):
+                run = self.runs[k]
+                if above[r, k] and run[1] < self.max_windows:
+                    run[1] += 1
+                    if scores[r, k] > run[3]:
+                        run[2], run[3] = w, float(scores[r, k])
+                else:
+                    del self.runs[k]
+                    if run[1] >= self.patience and run[0] >= self.quiet_until:
+                        events.append((k, run[2], run[3]))
+                        self.quiet_until = w + self.refractory
+            for k in np.flatnonzero(above[r]).tolist():
+                if k not in self.runs and w >= self.quiet_until:
+                    self.runs[k] = [w, 1, w, float(scores[r, k])]
+        return events
+
+    def flush(self) -> list[tuple[int, int, float]]:
+        events = [(k, run[2], run[3]) for k, run in self.runs.items()
+                  if run[1] >= self.patience and run[0] >= self.quiet_until]
+        self.runs.clear()
+        return sorted(events, key=lambda e: e[1])
+
+
+class Detector:
+    """Keyword events from a stream of samples at the model's sample rate.
+
+    Args:
+        model: a trained :class:`kws.model.CRNN` (forward-only recurrent layers for
+            exact streaming; a bidirectional one works on each window too).
+        labels: the model's class names, in output order.
+        keywords: which classes to report (default: all but ``_silence_`` / ``_unknown_``).
+        config: thresholds and timing (:class:`DetectorConfig`); keyword arguments override it.
+        window: window length in seconds (default 1.0, the Speech Commands clip length).
+        batch_windows: windows classified per batch; more windows wait for a full batch.
+    """
+
+    def __init__(self, model, labels: Sequence[str], keywords: Sequence[str] | None = None,
+                 config: DetectorConfig | None = None, window: float = 1.0, batch_windows: int = 256, **overrides):
+        cfg = config or DetectorConfig()
+        for key, value in overrides.items():
+            if not hasattr(cfg, key):
+                raise TypeError(f"unknown detector setting {key!r}")
+            setattr(cfg, key, value)
+        self.cfg, self.model, self.labels = cfg, model.eval(), list(labels)
+        if keywords is None:
+            keywords = [l for l in self.labels if l not in NON_KEYWORDS]
+        missing = [k for k in keywords if k not in self.labels]
+        if missing:
+            raise ValueError(f"keyword(s) {', '.join(missing)} not known to the model (it knows {', '.join(self.labels)})")
+        self.keywords = list(keywords)
+        self.keyword_index = torch.tensor([self.labels.index(k) for k in self.keywords])
+        fc = model.frontend.features.config
+        self.sample_rate = fc.sample_rate
+        self.frame_seconds = fc.hop_length / fc.sample_rate
+        kt, st = model.kernel_frames, model.stride_frames
+        self.conv_seconds = st * self.frame_seconds
+        self.window_frames = int(model.conv_lengths(torch.tensor(fc.num_frames(int(round(window * fc.sample_rate))))))
+        self.window_seconds = window
+        self.hop = max(1, int(round(cfg.hop / self.conv_seconds)))  # in convolution frames
+        self.batch_windows = batch_windows
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self._feat_state = None
+        self._feats = torch.zeros(0, self.model.frontend.dim)
+        self._feat_offset = 0  # index of self._feats[0] among all feature frames
+        self._conv = torch.zeros(0, self.model.rnn.input_size)
+        self._conv_offset = 0  # index of self._conv[0] among all convolution frames
+        self._next_window = 0  # index (in windows) of the next window to classify
+        self._recent = torch.zeros(0, len(self.keywords))  # last smooth-1 posteriors
+        self.samples = 0
+        self._logic = _EventLogic(len(self.keywords), self.cfg.threshold, self.cfg.patience,
+                                  int(np.ceil(self.cfg.refractory / (self.hop * self.conv_seconds))),
+                                  max(1, int(round(self.cfg.max_event / (self.hop * self.conv_seconds)))))
+
+    @property
+    def seconds_processed(self) -> float:
+        return self.samples / self.sample_rate
+
+    def window_start(self, index: int) -> float:
+        """Start time in seconds of window ``index``."""
+        return index * self.hop * self.conv_seconds
+
+    @torch.no_grad()
+    def scores(self, chunk: torch.Tensor, final: bool = False) -> tuple[int, torch.Tensor]:
+        """Feed samples; return ``(index of the first new window, smoothed keyword posteriors (N, K))``.
+
+        Windows are held back until ``batch_windows`` are ready unless ``final`` is set.
+        """
+        chunk = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)
+        self.samples += chunk.numel()
+        model = self.model
+        frames, self._feat_state = model.frontend.features.infer(chunk.unsqueeze(0), self._feat_state)
+        self._feats = torch.cat([self._feats, model.frontend.cmvn(frames[0].unsqueeze(0))[0]])
+        # convolution frames whose whole kernel is available
+        kt, st = model.kernel_frames, model.stride_frames
+        n_conv = (self._feats.shape[0] - kt) // st + 1 if self._feats.shape[0] >= kt else 0
+        if n_conv > 0:
+            used = self._feats[: (n_conv - 1) * st + kt]
+            self._conv = torch.cat([self._conv, model.conv_frames(used.unsqueeze(0))[0]])
+            self._feats = self._feats[n_conv * st:]
+            self._feat_offset += n_conv * st
+        # windows whose frames are all available
+        W, h = self.window_frames, self.hop
+        available = self._conv_offset + self._conv.shape[0]
+        last = (available - W) // h  # index of the last complete window
+        ready = last - self._next_window + 1
+        if ready <= 0 or (ready < self.batch_windows and not final):
+            return self._next_window, torch.zeros(0, len(self.keywords))
+        starts = torch.arange(self._next_window, last + 1) * h - self._conv_offset
+        windows = self._conv[starts.unsqueeze(1) + torch.arange(W)]  # (N, W, D)
+        lengths = torch.full((windows.shape[0],), W)
+        probs = torch.softmax(model.classify(windows, lengths), dim=-1)[:, self.keyword_index]
+        first = self._next_window
+        self._next_window = last + 1
+        keep_from = self._next_window * h - self._conv_offset
+        self._conv = self._conv[keep_from:]
+        self._conv_offset += keep_from
+        # causal moving average over the last `smooth` windows (fewer at the start of the stream)
+        s = max(1, self.cfg.smooth)
+        both = torch.cat([self._recent, probs])
+        csum = torch.cat([torch.zeros(1, both.shape[1]), both.cumsum(0)])
+        hi = torch.arange(self._recent.shape[0], both.shape[0]) + 1
+        lo = (hi - s).clamp(min=0)
+        smoothed = (csum[hi] - csum[lo]) / (hi - lo).unsqueeze(1).float()
+        self._recent = both[both.shape[0] - min(s - 1, both.shape[0]):]
+        return first, smoothed
+
+    def _events(self, hits: list[tuple[int, int, float]]) -> list[Event]:
+        return [Event(self.keywords[k], round(self.window_start(w), 3), round(self.window_start(w) + self.window_seconds, 3),
+                      round(score, 4)) for k, w, score in hits]
+
+    def process(self, chunk: torch.Tensor) -> list[Event]:
+        """Feed samples ``(n,)`` (any length, model sample rate); return the events completed so far."""
+        first, smoothed = self.scores(chunk)
+        return self._events(self._logic.update(smoothed.numpy(), first)) if len(smoothed) else []
+
+    def flush(self) -> list[Event]:
+        """End of stream: classify what is left and return the remaining events."""
+        first, smoothed = self.scores(torch.zeros(0), final=True)
+        hits = self._logic.update(smoothed.numpy(), first) if len(smoothed) else []
+        return self._events(hits + self._logic.flush())
+
+
+def detect_file(detector: Detector, path: str | os.PathLike, block_seconds: float = 30.0) -> Iterator[Event]:
+    """Events in one file, read in blocks (any soundfile format and rate; resampled as a stream)."""
+    detector.reset()
+    for block in iter_audio_blocks(path, detector.sample_rate, block_seconds):
+        for event in detector.process(block):
+            event.file = str(path)
+            yield event
+    for event in detector.flush():
+        event.file = str(path)
+        yield event
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "crnn.pt"
+
+
+def load_detector_model(path: str | os.PathLike | None = None, device: str = "cpu"):
+    """``(model, labels)`` from a ``crnn`` checkpoint; ``None`` = the default model in the package."""
+    from asr.checkpoint import CheckpointError, load_model
+
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.is_file():
+        hint = " (the package was installed without its default model; pass --model)" if path == DEFAULT_MODEL else ""
+        raise FileNotFoundError(f"{path}: model file not found{hint}")
+    model, family, labels, _ = load_model(path, device=device)
+    if family.name != "crnn" or not isinstance(labels, list):
+        raise CheckpointError(f"{path}: a {family.name!r} model, not a keyword spotter (crnn)")
+    return model, labels

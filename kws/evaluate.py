@@ -1,0 +1,180 @@
+"""Keyword-spotter evaluation: clip accuracy, confusion, and false rejection vs false alarms.
+
+* :func:`classify_items` runs the model on manifest clips (batched) -> posteriors.
+* :func:`accuracy_report` gives accuracy, per-class accuracy and the confusion matrix.
+* :func:`det_curve` sweeps the detection threshold: false rejection rate on keyword clips
+  (the clip's posterior of its own keyword below the threshold) against false alarms per
+  hour of the streaming detector on long keyword-free recordings. The detector's posteriors
+  are computed once; each threshold only re-runs the event logic.
+* :func:`localization` scores detections on a long file with known keyword times.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asr.audio import iter_audio_blocks
+from asr.data.dataset import AudioDataset, collate_batch
+from asr.utils import atomic_open
+from kws.detect import Detector, DetectorConfig, Event, _EventLogic
+
+
+@torch.no_grad()
+def classify_items(model, labels: Sequence[str], items: Sequence[dict], batch_size: int = 64,
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(posteriors (N, C), true class indices (N,))`` for manifest clips with a ``label``."""
+    ds = AudioDataset(items, model.frontend.features.config.sample_rate, labels=labels)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate_batch)
+    probs, truth = [], []
+    for batch in tqdm(loader, desc="classify", unit="batch", disable=not progress, leave=False):
+        probs.append(torch.softmax(model(batch["wav"], batch["wav_lengths"]), -1))
+        truth.append(batch["labels"])
+    return torch.cat(probs), torch.cat(truth)
+
+
+@dataclass
+class AccuracyReport:
+    labels: list[str]
+    confusion: np.ndarray  # (C, C): rows true class, columns predicted
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(1, self.confusion.sum()))
+
+    def per_class(self) -> dict[str, tuple[float, int]]:
+        """class -> (accuracy, clips) for the classes present."""
+        rows = self.confusion.sum(1)
+        return {l: (float(self.confusion[i, i] / rows[i]), int(rows[i])) for i, l in enumerate(self.labels) if rows[i]}
+
+    def format(self) -> str:
+        lines = [f"accuracy {100 * self.accuracy:.2f}% on {int(self.confusion.sum())} clips", "", "per class:"]
+        lines += [f"  {l:<10} {100 * a:6.2f}%  ({n} clips)" for l, (a, n) in self.per_class().items()]
+        short = [l.strip("_")[:6] for l in self.labels]
+        lines += ["", "confusion (rows: truth, columns: prediction):", "  " + " " * 8 + " ".join(f"{s:>6}" for s in short)]
+        for s, row in zip(short, self.confusion):
+            lines.append(f"  {s:<8}" + " ".join(f"{int(v):>6}" for v in row))
+        return "\n".join(lines)
+
+
+def accuracy_report(probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[str]) -> AccuracyReport:
+    C = len(labels)
+    pred = probs.argmax(-1)
+    conf = torch.bincount(truth * C + pred, minlength=C * C).reshape(C, C).numpy()
+    return AccuracyReport(list(labels), conf)
+
+
+@torch.no_grad()
+def stream_scores(detector: Detector, paths: Sequence[str | os.PathLike], progress: bool = True) -> tuple[list[np.ndarray], float]:
+    """Smoothed keyword posteriors ``(windows, K)`` of each file, and the total hours."""
+    out, seconds = [], 0.0
+    for path in paths:
+        detector.reset()
+        parts = []
+        for block in tqdm(iter_audio_blocks(path, detector.sample_rate, 30.0), desc=f"scan {os.path.basename(str(path))}",
+                          unit="block", disable=not progress, leave=False):
+            _, s = detector.scores(block)
+            parts.append(s.numpy())
+        parts.append(detector.scores(torch.zeros(0), final=True)[1].numpy())
+        out.append(np.concatenate(parts))
+        seconds += detector.seconds_processed
+    return out, seconds / 3600.0
+
+
+def count_events(detector: Detector, scores: Sequence[np.ndarray], threshold: float) -> int:
+    """Events the detector's logic would emit at ``threshold`` on precomputed smoothed posteriors."""
+    cfg = detector.cfg
+    hop_s = detector.hop * detector.conv_seconds
+    total = 0
+    for s in scores:
+        logic = _EventLogic(s.shape[1], threshold, cfg.patience, int(np.ceil(cfg.refractory / hop_s)),
+                            max(1, int(round(cfg.max_event / hop_s))))
+        total += len(logic.update(s, 0)) + len(logic.flush())
+    return total
+
+
+@dataclass
+class DETCurve:
+    thresholds: np.ndarray
+    frr: np.ndarray  # false rejection rate (fraction of keyword clips)
+    fa_per_hour: np.ndarray
+    hours: float  # length of the keyword-free audio
+
+    def frr_at(self, fa_per_hour: float = 0.5) -> tuple[float, float]:
+        """``(lowest FRR with at most fa_per_hour false alarms per hour, its threshold)``."""
+        ok = self.fa_per_hour <= fa_per_hour
+        if not ok.any():
+            return 1.0, float("nan")
+        i = np.flatnonzero(ok)[np.argmin(self.frr[ok])]
+        return float(self.frr[i]), float(self.thresholds[i])
+
+    def save_plot(self, path: str | os.PathLike, title: str = "") -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        floor = 0.5 / max(self.hours, 1e-9)  # plot zero false alarms half a count below one
+        ax.plot(np.maximum(self.fa_per_hour, floor), 100 * self.frr, marker=".")
+        ax.set_xscale("log")
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        frr, _ = self.frr_at(0.5)
+        ax.set_xlabel(f"false alarms per hour ({self.hours:.2f} h keyword-free)")
+        ax.set_ylabel("false rejection rate (%)")
+        ax.set_title(title or f"DET: FRR {100 * frr:.1f}% at 0.5 FA/h")
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        plt.close(fig)
+
+
+def det_curve(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[str],
+              negatives: Sequence[str | os.PathLike], thresholds: Sequence[float] | None = None,
+              progress: bool = True) -> DETCurve:
+    """FRR on the keyword clips (``probs``/``truth`` from :func:`classify_items`) against the
+    detector's false alarms per hour on the keyword-free ``negatives``."""
+    if thresholds is None:  # even steps, then ever closer to 1 where the false alarms per hour get low
+        thresholds = np.unique(np.concatenate([np.linspace(0.02, 0.98, 49), 1 - np.logspace(-1.3, -4, 28)]))
+    thresholds = np.asarray(thresholds, dtype=float)
+    kw = [labels.index(k) for k in detector.keywords]
+    is_kw = torch.isin(truth, torch.tensor(kw))
+    if not is_kw.any():
+        raise ValueError("no keyword clips to measure false rejections on")
+    own = probs[is_kw, truth[is_kw]].numpy()
+    frr = np.array([(own < t).mean() for t in thresholds])
+    scores, hours = stream_scores(detector, negatives, progress)
+    if hours <= 0:
+        raise ValueError("the keyword-free recordings are empty")
+    fa = np.array([count_events(detector, scores, float(t)) / hours for t in thresholds])
+    return DETCurve(thresholds, frr, fa, hours)
+
+
+def localization(events: Sequence[Event], truth: Sequence[dict], tolerance: float = 0.5) -> dict:
+    """Match detections to reference keywords (``{"keyword", "start", "end"}``) one to one.
+
+    A reference is found when an event of the same keyword has start and end within
+    ``tolerance`` seconds of it. Returns ``found``, ``total``, ``recall`` and
+    ``false_alarms`` (events matching no reference).
+    """
+    used = [False] * len(events)
+    found = 0
+    for ref in truth:
+        for i, ev in enumerate(events):
+            if (not used[i] and ev.keyword == ref["keyword"] and abs(ev.start - ref["start"]) <= tolerance
+                    and abs(ev.end - ref["end"]) <= tolerance):
+                used[i] = True
+                found += 1
+                break
+    return {"found": found, "total": len(truth), "recall": found / max(1, len(truth)),
+            "false_alarms": used.count(False)}
+
+
+__all__ = ["classify_items", "accuracy_report", "AccuracyReport", "stream_scores", "count_events", "DETCurve",
+           "det_curve", "localization", "DetectorConfig"]

@@ -1,0 +1,177 @@
+"""The small-footprint CRNN keyword spotter (Arik et al. 2017) as the ``crnn`` model family.
+
+Features ``(B, T, 40)`` -> one 2-D convolution over time x frequency (no padding, strided)
+-> ReLU -> recurrent layers (GRU by default) -> the output at each clip's last frame ->
+a dense layer -> logits over the classes (keywords + ``_unknown_`` + ``_silence_``).
+
+The front-end (log-mel or PCEN, global CMVN, SpecAugment) is the toolkit's shared
+:class:`asr.models.frontend.Frontend`. The CRNN's own sizes live in the model config's
+``extra.crnn`` section (:class:`CRNNConfig`); the defaults give about 230k parameters.
+
+Example:
+    >>> from asr.models.config import ModelConfig
+    >>> from asr.features import FeatureConfig
+    >>> cfg = ModelConfig(family="crnn", features=FeatureConfig(n_mels=40))
+    >>> model = CRNN(cfg, num_classes=12)
+    >>> logits = model(torch.randn(2, 16000), torch.tensor([16000, 12000]))
+    >>> logits.shape
+    torch.Size([2, 12])
+    >>> 200_000 < count_parameters(model) < 260_000
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from asr.config import ConfigError, from_dict
+from asr.models import Family, LossOutput, register_family
+from asr.models.config import ModelConfig
+from asr.models.frontend import Frontend
+
+
+@dataclass
+class CRNNConfig:
+    conv_channels: int = 32  # filters of the 2-D convolution
+    kernel: list[int] = field(default_factory=lambda: [20, 5])  # convolution size (time frames, frequency bins)
+    stride: list[int] = field(default_factory=lambda: [8, 2])  # convolution stride (time, frequency)
+    rnn_type: str = "gru"  # gru | lstm
+    rnn_dim: int = 88  # hidden units per direction
+    rnn_layers: int = 2  # recurrent layers
+    bidirectional: bool = False  # False = forward-only (what the streaming detector runs)
+    dense: int = 64  # units of the dense layer before the output
+    dropout: float = 0.1  # dropout after the convolution and before the output
+    class_balance: bool = True  # weight the loss by inverse class frequency of the training set
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+
+def crnn_config(config: ModelConfig) -> CRNNConfig:
+    """The ``extra.crnn`` section of a model config as a :class:`CRNNConfig`."""
+    extra = config.extra or {}
+    unknown = set(extra) - {"crnn"}
+    if unknown:
+        raise ConfigError(f"model.extra: unknown section(s) {sorted(unknown)} for the crnn family (expected 'crnn')")
+    cfg = from_dict(CRNNConfig, extra.get("crnn") or {}, source="model.extra.crnn")
+    if len(cfg.kernel) != 2 or len(cfg.stride) != 2 or min(cfg.kernel + cfg.stride) < 1:
+        raise ConfigError("model.extra.crnn: kernel and stride are two positive integers (time, frequency)")
+    if cfg.rnn_type not in ("gru", "lstm"):
+        raise ConfigError(f"model.extra.crnn.rnn_type: gru or lstm, not {cfg.rnn_type!r}")
+    return cfg
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class CRNN(nn.Module):
+    """Waveforms ``(B, N)`` + lengths ``(B,)`` -> class logits ``(B, C)``.
+
+    ``features(wav, lengths)`` and ``conv(feats)`` expose the stages the streaming
+    detector reuses; ``classify(conv_frames, lengths)`` runs the rest.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int):
+        super().__init__()
+        c = crnn_config(config)
+        self.cfg = c
+        self.frontend = Frontend(config)
+        n_feats = self.frontend.dim
+        kt, kf = c.kernel
+        st, sf = c.stride
+        if kf > n_feats:
+            raise ConfigError(f"model.extra.crnn.kernel: {kf} frequency bins but the features have only {n_feats}")
+        self.kernel_frames, self.stride_frames = kt, st
+        self.conv = nn.Conv2d(1, c.conv_channels, (kt, kf), (st, sf))
+        conv_dim = c.conv_channels * ((n_feats - kf) // sf + 1)
+        rnn = nn.GRU if c.rnn_type == "gru" else nn.LSTM
+        self.rnn = rnn(conv_dim, c.rnn_dim, c.rnn_layers, batch_first=True, bidirectional=c.bidirectional,
+                       dropout=c.dropout if c.rnn_layers > 1 else 0.0)
+        out_dim = c.rnn_dim * (2 if c.bidirectional else 1)
+        self.dense = nn.Linear(out_dim, c.dense)
+        self.output = nn.Linear(c.dense, num_classes)
+        self.dropout = nn.Dropout(c.dropout)
+        self.register_buffer("class_weights", torch.ones(num_classes))
+
+    def conv_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
+        """Convolution output frames for ``feat_lengths`` feature frames (at least one)."""
+        return ((feat_lengths.clamp(min=self.kernel_frames) - self.kernel_frames) // self.stride_frames) + 1
+
+    def conv_frames(self, feats: torch.Tensor) -> torch.Tensor:
+        """Normalised features ``(B, T, F)`` -> convolution frames ``(B, T', C * F')`` after ReLU."""
+        if feats.shape[1] < self.kernel_frames:  # shorter than the kernel: pad with zeros (the CMVN mean)
+            feats = F.pad(feats, (0, 0, 0, self.kernel_frames - feats.shape[1]))
+        x = F.relu(self.conv(feats.unsqueeze(1)))  # (B, C, T', F')
+        return x.permute(0, 2, 1, 3).flatten(2)
+
+    def classify(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Convolution frames ``(B, T', D)`` + lengths -> logits ``(B, C)``."""
+        out, _ = self.rnn(self.dropout(frames))  # (B, T', H * dirs)
+        idx = (lengths - 1).clamp(min=0)
+        last = out[torch.arange(out.shape[0], device=out.device), idx]
+        if self.cfg.bidirectional:  # the backward direction has read the whole clip at its first frame
+            h = self.cfg.rnn_dim
+            last = torch.cat([last[:, :h], out[:, 0, h:]], dim=-1)
+        return self.output(self.dropout(F.relu(self.dense(last))))
+
+    def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        feats, lengths = self.frontend(wav, wav_lengths)
+        frames = self.conv_frames(feats)
+        return self.classify(frames, self.conv_lengths(lengths).clamp(max=frames.shape[1]))
+
+    def macs_per_second(self, frame_rate: float = 100.0) -> int:
+        """Multiply-accumulates per second of audio for one forward pass over a stream
+        (convolution, recurrent layers and dense layers once per convolution frame;
+        the feature extraction is not counted)."""
+        c = self.cfg
+        conv_rate = frame_rate / self.stride_frames
+        conv = self.rnn.input_size * self.conv.kernel_size[0] * self.conv.kernel_size[1]
+        gates = 3 if c.rnn_type == "gru" else 4
+        dirs = 2 if c.bidirectional else 1
+        rnn, inp = 0, self.rnn.input_size
+        for _ in range(c.rnn_layers):
+            rnn += dirs * gates * c.rnn_dim * (inp + c.rnn_dim)
+            inp = c.rnn_dim * dirs
+        dense = self.dense.in_features * self.dense.out_features + self.output.in_features * self.output.out_features
+        return int(round(conv_rate * (conv + rnn + dense)))
+
+
+def crnn_loss(model: CRNN, batch: dict) -> LossOutput:
+    """Class-weighted cross-entropy; the loss is a sum, ``weight`` the sum of the item weights."""
+    logits = model(batch["wav"], batch["wav_lengths"])
+    labels = batch["labels"]
+    inner = model.module if hasattr(model, "module") else model
+    w = inner.class_weights[labels]
+    ce = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=inner.cfg.label_smoothing)
+    errors = float((logits.argmax(-1) != labels).sum())
+    return LossOutput(loss=(ce * w).sum(), weight=float(w.sum()), metrics={"errors": errors})
+
+
+@torch.no_grad()
+def crnn_decode(model: CRNN, batch: dict) -> list[int]:
+    return model(batch["wav"], batch["wav_lengths"]).argmax(-1).tolist()
+
+
+def set_class_weights(model: CRNN, items: list[dict], labels: list[str]) -> None:
+    """Inverse-frequency class weights (mean 1 over the training items) when ``class_balance`` is on."""
+    if not model.cfg.class_balance:
+        return
+    index = {name: i for i, name in enumerate(labels)}
+    counts = torch.zeros(len(labels))
+    for it in items:
+        if it.get("label") in index:
+            counts[index[it["label"]]] += 1
+    present = counts > 0
+    weights = torch.ones(len(labels))
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    model.class_weights.copy_(weights)
+
+
+def build_crnn(config: ModelConfig, num_classes: int) -> CRNN:
+    return CRNN(config, num_classes)
+
+
+FAMILY = register_family(Family("crnn", build_crnn, crnn_loss, crnn_decode, targets="labels", prepare=set_class_weights))

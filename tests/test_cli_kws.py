@@ -1,0 +1,160 @@
+"""`kws` as a user runs it: train on real clips, evaluate, detect in long files, errors.
+
+One small CRNN is trained once (module fixture) through `kws train` on the real Speech
+Commands clips of half the speakers, for two keywords plus _unknown_ and _silence_, and
+must really learn: it is then measured on the other speakers.
+"""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kws.detect import DEFAULT_MODEL
+
+LABELS = ["_silence_", "_unknown_", "yes", "no"]
+
+
+def kws(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "kws", *args], capture_output=True, text=True, timeout=900, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("kws")
+    assert kws("prepare", str(shared_data / "speech-commands-real"), "--out", str(d / "all")).returncode == 0
+    out = kws("combine", str(d / "all.jsonl"), *(str(d / "all" / f"{s}.jsonl") for s in ("train", "valid", "test")))
+    assert out.returncode == 0, out.stderr
+    out = kws("split", str(d / "all.jsonl"), "--out", str(d), "--parts", "train=0.6,test=0.4")
+    assert out.returncode == 0, out.stderr
+    for split in ("train", "test"):  # yes / no / a share of the other words as unknown / silence
+        rows = [json.loads(l) for l in (d / f"{split}.jsonl").read_text().splitlines()]
+        keep = [r for r in rows if r["label"] in ("yes", "no", "_silence_")]
+        keep += [dict(r, label="_unknown_") for r in rows if r["label"] not in LABELS][: len(keep) // 3]
+        (d / f"{split}4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    config = d / "kws.yaml"
+    config.write_text(
+        "model:\n  family: crnn\n  features: {n_mels: 40}\n  specaugment: {freq_width: 5, time_width: 0.05}\n"
+        "  extra: {crnn: {rnn_dim: 48, conv_channels: 16}}\n"
+        f"data:\n  train: {d / 'train4.jsonl'}\n  dev: {d / 'test4.jsonl'}\n"
+        "  labels: [_silence_, _unknown_, 'yes', 'no']\n  batch_size: 16\n  num_workers: 0\n"
+        "  max_shift_ms: 100\n  gain_db: [-10, 6]\n"
+        f"optim: {{lr: 0.005, warmup_steps: 20}}\nepochs: 25\nout_dir: {d / 'exp'}\nthreads: 1\ntensorboard: false\n")
+    out = kws("train", "--config", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return d
+
+
+@pytest.mark.slow
+def test_trained_model_recognises_unseen_real_speakers(trained):
+    out = kws("evaluate", "--model", str(trained / "exp" / "best.pt"), "--manifest", str(trained / "test4.jsonl"),
+              "--json", str(trained / "eval.json"))
+    assert out.returncode == 0, out.stderr
+    assert "confusion" in out.stdout and "per class" in out.stdout
+    result = json.loads((trained / "eval.json").read_text())
+    assert result["accuracy"] >= 0.8, out.stdout  # chance is well under 0.5
+    assert result["per_class"]["yes"] >= 0.75 and result["per_class"]["no"] >= 0.6
+
+
+@pytest.mark.slow
+def test_detect_finds_keywords_in_a_long_file_and_evaluate_reports_frr(trained):
+    stream, neg = trained / "stream.wav", trained / "neg.wav"
+    clips = trained / "test4.jsonl"
+    out = kws("make-stream", "--manifest", str(clips), "--labels", "yes,no,_silence_", "--out", str(stream), "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    out = kws("make-stream", "--manifest", str(clips), "--labels", "_unknown_,_silence_", "--minutes", "3",
+              "--out", str(neg), "--seed", "2")
+    assert out.returncode == 0, out.stderr
+    truth = [json.loads(l) for l in stream.with_suffix(".truth.jsonl").read_text().splitlines()]
+    model = str(trained / "exp" / "best.pt")
+    out = kws("detect", str(stream), "--model", model, "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(l) for l in out.stdout.splitlines()]
+    assert {"file", "keyword", "start", "end", "score"} <= set(events[0])
+    from kws.detect import Event
+    from kws.evaluate import localization
+
+    loc = localization([Event(**e) for e in events], truth)
+    assert loc["recall"] >= 0.6, loc
+    out = kws("evaluate", "--model", model, "--manifest", str(clips), "--negative", str(neg), "--stream", str(stream),
+              "--det-plot", str(trained / "det.png"), "--json", str(trained / "det.json"))
+    assert out.returncode == 0, out.stderr
+    assert "false rejection rate at 0.5 false alarms per hour" in out.stdout
+    result = json.loads((trained / "det.json").read_text())
+    assert result["negative_hours"] == pytest.approx(0.05, abs=0.002)
+    fa = np.array(result["det"]["fa_per_hour"])
+    frr = np.array(result["det"]["frr"])
+    assert np.all(np.diff(fa) <= 1e-9) and np.all(np.diff(frr) >= -1e-9)  # thresholds ascend: fewer alarms, more misses
+    assert (trained / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["stream"]["recall"] == pytest.approx(loc["recall"])
+
+
+@pytest.mark.slow
+def test_detect_reads_any_format_and_rate_and_reports_bad_files(trained, tmp_path):
+    rows = [json.loads(l) for l in (trained / "test4.jsonl").read_text().splitlines()]
+    yes = next(r for r in rows if r["label"] == "yes")
+    wav, sr = sf.read(yes["audio"], dtype="float32")
+    silence = np.zeros(sr, dtype=np.float32)
+    x = np.concatenate([silence, wav, silence])
+    import soxr
+
+    sf.write(tmp_path / "a.flac", soxr.resample(x, sr, 44100), 44100)
+    sf.write(tmp_path / "b.wav", np.stack([soxr.resample(x, sr, 8000)] * 2, 1), 8000)  # stereo, 8 kHz
+    (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    model = str(trained / "exp" / "best.pt")
+    files = [tmp_path / "a.flac", tmp_path / "missing.wav", tmp_path / "broken.wav", tmp_path / "b.wav"]
+    out = kws("detect", *map(str, files), "--model", model, "--format", "csv", "--keywords", "yes,no")
+    assert out.returncode == 1
+    assert "missing.wav" in out.stderr and "broken.wav" in out.stderr and "Traceback" not in out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert {r["file"] for r in rows} <= {str(files[0]), str(files[3])}
+    for name in (files[0], files[3]):
+        hits = [r for r in rows if r["file"] == str(name) and r["keyword"] == "yes"]
+        assert hits and all(0.0 <= float(h["start"]) <= 1.6 and float(h["end"]) <= 3.2 for h in hits), out.stdout
+    bad = kws("detect", str(files[0]), "--model", model, "--keywords", "maybe")
+    assert bad.returncode == 2 and "maybe" in bad.stderr
+
+
+@pytest.mark.slow
+def test_export_strips_training_state(trained, tmp_path):
+    import torch
+
+    out = kws("export", str(trained / "exp" / "best.pt"), str(tmp_path / "m.pt"))
+    assert out.returncode == 0, out.stderr
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert "train_state" not in ckpt and ckpt["labels"] == LABELS and ckpt["family"] == "crnn"
+
+
+def test_every_subcommand_has_help():
+    for cmd in ("detect", "train", "evaluate", "prepare", "split", "combine", "make-stream", "export"):
+        out = kws(cmd, "--help")
+        assert out.returncode == 0 and "--" in out.stdout, cmd
+    assert "--threshold" in kws("detect", "--help").stdout
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is not in this checkout")
+def test_default_model_ships_with_the_package_and_finds_real_keywords(shared_data, tmp_path):
+    """`kws detect FILE` with no --model: the shipped model on real clips of held-out speakers."""
+    from asr.data.manifest import read_manifest
+    from kws.data import split_by_speaker
+
+    d = tmp_path / "m"
+    assert kws("prepare", str(shared_data / "speech-commands-real"), "--out", str(d)).returncode == 0
+    items = [it for s in ("train", "valid", "test") for it in read_manifest(d / f"{s}.jsonl")]
+    held_out = split_by_speaker(items, {"train": 0.5, "dev": 0.1, "test": 0.4}, seed=0)["test"]  # as the recipe
+    clips = [it for it in held_out if it["label"] in ("yes", "stop", "left")][:30]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(it) + "\n" for it in clips))
+    assert kws("make-stream", "--manifest", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "s.wav")).returncode == 0
+    out = kws("detect", str(tmp_path / "s.wav"), "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    from kws.detect import Event
+    from kws.evaluate import localization
+
+    truth = [json.loads(l) for l in (tmp_path / "s.truth.jsonl").read_text().splitlines()]
+    loc = localization([Event(**json.loads(l)) for l in out.stdout.splitlines()], truth)
+    assert loc["recall"] >= 0.7 and loc["false_alarms"] <= 5, loc

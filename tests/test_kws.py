@@ -1,0 +1,233 @@
+"""The keyword spotter: CRNN sizes, the streaming detector against the model on cut clips,
+the event logic against a brute-force reference, evaluation figures, the long-stream builder."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr.features import FeatureConfig
+from asr.models import get_family
+from asr.models.config import ModelConfig
+from kws.data import combine_manifests, split_by_speaker
+from kws.detect import Detector, _EventLogic
+from kws.evaluate import DETCurve, accuracy_report, count_events, localization
+from kws.model import CRNN, count_parameters
+from kws.stream import build_stream, speech_extent
+
+LABELS = ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+
+def crnn(**extra):
+    cfg = ModelConfig(family="crnn", features=FeatureConfig(n_mels=40), extra={"crnn": extra} if extra else {})
+    torch.manual_seed(0)
+    model = CRNN(cfg, len(LABELS)).eval()
+    model.frontend.set_cmvn(torch.full((40,), -8.0), torch.full((40,), 3.0))
+    return model
+
+
+def test_default_crnn_size_follows_the_paper():
+    model = crnn()
+    n = count_parameters(model)
+    assert 220_000 <= n <= 240_000, n  # Arik et al.: about 230k
+    assert model.conv.kernel_size == (20, 5) and model.conv.stride == (8, 2) and model.conv.out_channels == 32
+    assert model.rnn.num_layers == 2 and not model.rnn.bidirectional and model.dense.out_features == 64
+    # MACs per second from the layer sizes: 12.5 convolution frames per second
+    conv = 32 * 18 * 20 * 5
+    gru = 3 * 88 * (576 + 88) + 3 * 88 * (88 + 88)
+    dense = 88 * 64 + 64 * 12
+    assert model.macs_per_second() == round(12.5 * (conv + gru + dense))
+
+
+def test_crnn_family_is_found_through_the_entry_point():
+    family = get_family("crnn")
+    assert family.targets == "labels"
+    model = family.build(ModelConfig(family="crnn", features=FeatureConfig(n_mels=40),
+                                     extra={"crnn": {"rnn_dim": 32, "bidirectional": True}}), 5)
+    assert model(torch.randn(2, 8000), torch.tensor([8000, 3000])).shape == (2, 5)
+
+
+def test_bad_crnn_config_names_the_key():
+    from asr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rnn_type"):
+        crnn(rnn_type="transformer")
+    with pytest.raises(ConfigError, match="crnn"):
+        CRNN(ModelConfig(family="crnn", features=FeatureConfig(n_mels=40), extra={"crn": {}}), 3)
+
+
+def test_class_weights_balance_the_training_set():
+    family = get_family("crnn")
+    model = crnn()
+    items = [{"label": "_unknown_"}] * 90 + [{"label": "yes"}] * 10
+    family.prepare(model, items, LABELS)
+    w = model.class_weights
+    assert torch.isclose(w[1] * 90, w[2] * 10) and torch.isclose(w[1] * 90 + w[2] * 10, torch.tensor(100.0))
+    assert w[0] == 1.0  # absent classes keep weight 1
+
+
+@pytest.mark.parametrize("chunk", [1601, 16000, 7 * 16000])
+def test_detector_windows_equal_the_model_on_cut_clips(one_thread, chunk):
+    model = crnn()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16000 * 6, generator=g) * 0.05
+    x[30000:38000] += torch.sin(torch.arange(8000) * 0.3)  # something louder than the noise
+    det = Detector(model, LABELS, smooth=1, batch_windows=5)
+    parts, firsts = [], []
+    for i in range(0, len(x), chunk):
+        first, s = det.scores(x[i:i + chunk])
+        if len(s):
+            firsts.append(first)
+            parts.append(s)
+    first, s = det.scores(torch.zeros(0), final=True)
+    firsts.append(first)
+    parts.append(s)
+    scores = torch.cat(parts)
+    hop = det.hop * 8 * 160  # samples between windows
+    n_conv = ((len(x) - 400) // 160 + 1 - 20) // 8 + 1  # a window reads 10 convolution frames = 0.935 s
+    assert len(scores) == (n_conv - 10) // det.hop + 1
+    assert firsts == sorted(firsts) and firsts[0] == 0
+    for w in (0, 7, 30, len(scores) - 1):
+        clip = x[w * hop: w * hop + 16000]
+        with torch.no_grad():
+            p = torch.softmax(model(clip[None], torch.tensor([16000])), -1)[0, det.keyword_index]
+        torch.testing.assert_close(scores[w], p, atol=1e-5, rtol=1e-4)
+
+
+def test_smoothing_is_a_causal_moving_average(one_thread):
+    model = crnn()
+    x = torch.randn(16000 * 4, generator=torch.Generator().manual_seed(2)) * 0.1
+    raw = Detector(model, LABELS, smooth=1).scores(x, final=True)[1]
+    det = Detector(model, LABELS, smooth=3, batch_windows=4)
+    parts = [det.scores(x[i:i + 5000])[1] for i in range(0, len(x), 5000)] + [det.scores(torch.zeros(0), final=True)[1]]
+    smooth = torch.cat(parts)
+    ref = torch.stack([raw[max(0, i - 2): i + 1].mean(0) for i in range(len(raw))])
+    torch.testing.assert_close(smooth, ref)
+
+
+def reference_events(scores, threshold, patience, refractory, max_windows):
+    """Window by window, keyword by keyword: the rules of kws.detect written plainly."""
+    runs, quiet, events = {}, -1, []
+    for w in range(len(scores) + 1):
+        for k in sorted(runs):
+            start, length, best_w, best = runs[k]
+            if w < len(scores) and scores[w, k] >= threshold and length < max_windows:
+                runs[k] = [start, length + 1, *((w, scores[w, k]) if scores[w, k] > best else (best_w, best))]
+            else:
+                del runs[k]
+                if length >= patience and start >= quiet:
+                    events.append((k, best_w, best))
+                    quiet = w + refractory
+        if w < len(scores):
+            for k in range(scores.shape[1]):
+                if scores[w, k] >= threshold and k not in runs and w >= quiet:
+                    runs[k] = [w, 1, w, scores[w, k]]
+    return events
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_event_logic_matches_brute_force_in_any_chunking(seed):
+    rng = np.random.default_rng(seed)
+    # bursts of high posteriors on a low floor, 3 keywords
+    s = rng.uniform(0, 0.3, (300, 3))
+    for _ in range(25):
+        a, k = rng.integers(0, 290), rng.integers(0, 3)
+        s[a:a + rng.integers(1, 9), k] = rng.uniform(0.4, 1.0)
+    patience = int(rng.integers(1, 4))
+    args = (0.5, patience, int(rng.integers(0, 12)), patience + int(rng.integers(0, 6)))
+    ref = reference_events(s, *args)
+    logic = _EventLogic(3, *args)
+    got, pos = [], 0
+    while pos < len(s):
+        n = int(rng.integers(1, 40))
+        got += logic.update(s[pos:pos + n], pos)
+        pos += n
+    got += logic.flush()
+    # the streaming logic reports at flush time in window order; runs ending in one window in keyword order
+    assert sorted(got, key=lambda e: (e[1], e[0])) == sorted([(k, w, float(v)) for k, w, v in ref], key=lambda e: (e[1], e[0]))
+    assert len(ref) > 3
+
+
+def test_count_events_agrees_with_the_streaming_detector(one_thread):
+    model = crnn()
+    torch.manual_seed(3)
+    with torch.no_grad():  # make the random model fire now and then
+        model.output.bias[2] += 2.0
+    x = torch.randn(16000 * 20) * 0.1
+    det = Detector(model, LABELS, threshold=0.2, patience=1)
+    events = det.process(x) + det.flush()
+    det2 = Detector(model, LABELS, threshold=0.2, patience=1)
+    s = det2.scores(x, final=True)[1].numpy()
+    assert count_events(det2, [s], 0.2) == len(events) > 0
+
+
+def test_accuracy_report_and_frr_at_fa():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    truth = torch.tensor([0, 1, 1, 1])
+    rep = accuracy_report(probs, truth, ["a", "b"])
+    assert rep.accuracy == 0.75 and rep.confusion.tolist() == [[1, 0], [1, 2]]
+    assert rep.per_class() == {"a": (1.0, 1), "b": (2 / 3, 3)}
+    curve = DETCurve(np.array([0.3, 0.5, 0.9]), np.array([0.1, 0.2, 0.6]), np.array([4.0, 0.4, 0.0]), 2.0)
+    assert curve.frr_at(0.5) == (0.2, 0.5)
+    assert curve.frr_at(0.0) == (0.6, 0.9)
+
+
+def test_localization_matches_one_to_one():
+    from kws.detect import Event
+
+    truth = [{"keyword": "yes", "start": 10.0, "end": 10.5}, {"keyword": "no", "start": 20.0, "end": 20.4}]
+    events = [Event("yes", 9.7, 10.7, 0.9), Event("yes", 9.8, 10.8, 0.8), Event("no", 25.0, 26.0, 0.9)]
+    assert localization(events, truth) == {"found": 1, "total": 2, "recall": 0.5, "false_alarms": 2}
+
+
+def test_build_stream_places_clips_where_the_truth_says(tmp_path):
+    sr = 16000
+    items = []
+    for i, label in enumerate(["yes", "_unknown_", "no", "yes"]):
+        wav = np.zeros(sr, dtype=np.float32)
+        wav[4000 + 1000 * i: 9000 + 1000 * i] = 0.5 * np.sin(np.arange(5000) * 0.2)
+        sf.write(tmp_path / f"c{i}.wav", wav, sr)
+        items.append({"id": f"c{i}", "audio": str(tmp_path / f"c{i}.wav"), "label": label})
+    truth = build_stream(items, tmp_path / "s.wav", ["yes", "no"], gap=(0.3, 0.6), seed=0)
+    audio, rate = sf.read(tmp_path / "s.wav")
+    assert rate == sr and len(truth) == 3 and {t["keyword"] for t in truth} == {"yes", "no"}
+    for t in truth:
+        seg = audio[int(t["start"] * sr): int(t["end"] * sr)]
+        assert abs(t["end"] - t["start"] - 5000 / sr) < 0.03
+        assert np.sqrt(np.mean(seg**2)) > 0.2  # the tone is there
+    long = build_stream(items, tmp_path / "l.wav", [], minutes=0.5, seed=0)
+    assert long == [] and sf.info(tmp_path / "l.wav").duration >= 30.0
+
+
+def test_speech_extent_finds_the_loud_part():
+    wav = torch.zeros(16000)
+    wav[3200:9600] = 0.3
+    assert speech_extent(wav, 16000) == (0.2, 0.6)
+
+
+def test_split_by_speaker_and_combine(tmp_path):
+    items = [{"id": f"{s}/{i}", "audio": "x.wav", "speaker": s, "label": "yes"} for s in range(40) for i in range(3)]
+    parts = split_by_speaker(items, {"train": 0.5, "dev": 0.1, "test": 0.4}, seed=3)
+    speakers = {k: {it["speaker"] for it in v} for k, v in parts.items()}
+    assert [len(speakers[k]) for k in ("train", "dev", "test")] == [20, 4, 16]
+    assert not (speakers["train"] & speakers["test"]) and not (speakers["dev"] & speakers["test"])
+    assert split_by_speaker(items, {"train": 0.5, "test": 0.5}, seed=3) == split_by_speaker(items, {"train": 0.5, "test": 0.5}, seed=3)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(it) + "\n" for it in items[:4]))
+    b.write_text("".join(json.dumps(it) + "\n" for it in items[4:6]))
+    out, n = combine_manifests(tmp_path / "c.jsonl", [(a, 1), (b, 3)])
+    ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
+    assert n == 10 and ids[4:7] == ["1/1", "1/1#1", "1/1#2"]
+    with pytest.raises(ValueError, match="also appears"):
+        combine_manifests(tmp_path / "d.jsonl", [(a, 1), (a, 1)])
+
+
+def test_gain_augmentation_scales_by_the_drawn_decibels():
+    from asr.augment import WaveformAugment
+
+    aug = WaveformAugment(speed_prob=0.0, gain_db=(-12.0, -12.0), gain_prob=1.0)
+    x = torch.randn(1000)
+    torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x * 10 ** (-12 / 20))
