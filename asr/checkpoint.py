@@ -150,13 +150,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None) -> int:
     """Copy a checkpoint without its training state (optimizer, RNG, ...), for shipping a model.
 
+    ``extra`` entries (plain values) are added, e.g. a detector's operating point.
     Float weights stay float32. Returns the size of ``dst`` in bytes.
     """
     ckpt = load_checkpoint(src)
-    keep = {k: ckpt[k] for k in ("format", "family", "config", "model", "tokenizer", "labels") if k in ckpt}
+    keep = {k: ckpt[k] for k in ("format", "family", "config", "model", "tokenizer", "labels", "detector") if k in ckpt}
+    keep.update(extra or {})
     save_checkpoint(keep, dst)
     return Path(dst).stat().st_size
 

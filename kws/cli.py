@@ -73,7 +73,7 @@ def _add_train(sub) -> None:
 def _add_detector_flags(p) -> None:
     p.add_argument("--model", type=Path, default=None, help="a crnn checkpoint (default: the model shipped with the package)")
     p.add_argument("--keywords", default=None, help="comma-separated keywords to report (default: all the model knows)")
-    p.add_argument("--threshold", type=float, default=None, help="smoothed posterior needed to fire (default 0.5, or the model's)")
+    p.add_argument("--threshold", type=float, default=None, help="smoothed posterior needed to fire (default: the one stored with the model, else 0.5)")
     p.add_argument("--hop", type=float, default=None, help="seconds between analysis windows (default 0.08)")
     p.add_argument("--smooth", type=int, default=None, help="windows averaged to smooth the posteriors (default 3)")
     p.add_argument("--patience", type=int, default=None, help="windows above the threshold before a detection counts (default 2)")
@@ -100,7 +100,9 @@ def _add_evaluate(sub) -> None:
                                    "With --negative: the detector's false alarms per hour on those keyword-free "
                                    "recordings against the false rejection rate on the manifest's keyword clips, over "
                                    "thresholds; prints the FRR at 0.5 false alarms per hour and saves a DET plot. "
-                                   "With --stream and --truth: the share of keywords found within --tolerance seconds.")
+                                   "With --stream and --truth: the share of keywords found within --tolerance seconds (at the "
+                                   "threshold of 0.5 false alarms per hour when --negative is given and --threshold "
+                                   "is not).")
     p.add_argument("--manifest", type=Path, required=True, help="clips with a 'label' field")
     _add_detector_flags(p)
     p.add_argument("--negative", type=Path, nargs="*", default=[], help="long recordings without any keyword")
@@ -137,6 +139,11 @@ def _add_export(sub) -> None:
                                    "RNG state): what kws/pretrained/crnn.pt holds.")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (best.pt, last.pt)")
     p.add_argument("out", type=Path, help="the file to write")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detection threshold stored with the model (used by detect/evaluate when --threshold is not "
+                        "given), e.g. the one `kws evaluate` reports at 0.5 false alarms per hour")
+    p.add_argument("--threshold-from", type=Path, default=None,
+                   help="take the threshold at 0.5 false alarms per hour from a `kws evaluate --json` file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,14 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _detector(args):
     import torch
 
-    from kws.detect import Detector, DetectorConfig, load_detector_model
+    from kws.detect import Detector, load_detector
 
     torch.set_num_threads(max(1, args.threads))
-    model, labels = load_detector_model(args.model)
-    overrides = {k: getattr(args, k) for k in ("threshold", "hop", "smooth", "patience", "refractory")
-                 if getattr(args, k) is not None}
+    model, labels, cfg = load_detector(args.model)
+    for key in ("threshold", "hop", "smooth", "patience", "refractory"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
-    return Detector(model, labels, keywords, DetectorConfig(**overrides))
+    return Detector(model, labels, keywords, cfg)
 
 
 def run_detect(args) -> int:
@@ -207,6 +215,8 @@ def run_evaluate(args) -> int:
         if plot:
             curve.save_plot(plot)
             print(f"DET curve: {plot}")
+        if args.threshold is None and thr == thr:  # the stream below is then scored at this operating point
+            detector.cfg.threshold = thr
         result.update(frr_at_0_5_fa_per_hour=frr, threshold_at_0_5_fa_per_hour=thr, negative_hours=curve.hours,
                       det={"threshold": curve.thresholds.tolist(), "frr": curve.frr.tolist(),
                            "fa_per_hour": curve.fa_per_hour.tolist()})
@@ -219,8 +229,9 @@ def run_evaluate(args) -> int:
         loc = localization(events, refs, args.tolerance)
         hours = detector.seconds_processed / 3600
         print(f"\n{args.stream}: found {loc['found']}/{loc['total']} keywords ({100 * loc['recall']:.1f}%) within "
-              f"{args.tolerance} s; {loc['false_alarms']} other detections in {60 * hours:.1f} min")
-        result["stream"] = {**loc, "minutes": 60 * hours}
+              f"{args.tolerance} s at threshold {detector.cfg.threshold:.3f}; {loc['false_alarms']} other detections "
+              f"in {60 * hours:.1f} min")
+        result["stream"] = {**loc, "minutes": 60 * hours, "threshold": detector.cfg.threshold}
     if args.json:
         with atomic_open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -302,7 +313,13 @@ def run_export(args) -> int:
     from asr.checkpoint import export_checkpoint
     from kws.detect import load_detector_model
 
-    size = export_checkpoint(args.checkpoint, args.out)
+    threshold = args.threshold
+    if args.threshold_from is not None:
+        threshold = json.loads(args.threshold_from.read_text()).get("threshold_at_0_5_fa_per_hour")
+        if threshold is None or threshold != threshold:
+            raise ValueError(f"{args.threshold_from}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
+    extra = {"detector": {"threshold": float(threshold)}} if threshold is not None else None
+    size = export_checkpoint(args.checkpoint, args.out, extra)
     model, labels = load_detector_model(args.out)  # checks that it loads as a keyword spotter
     print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
     return 0

@@ -9,7 +9,8 @@
 4. posteriors smoothed by a causal moving average over ``smooth`` windows;
 5. per keyword, a run of windows whose smoothed posterior reaches ``threshold`` for at least
    ``patience`` windows becomes one event, reported when the run ends (or reaches
-   ``max_event`` seconds) with the start and end of its best window and its best score;
+   ``max_event`` seconds) with its best score and the span of its best window's frames
+   within ``trim_db`` of their loudest (the word rather than the whole window);
    after an event, nothing fires for ``refractory`` seconds.
 
 With log-mel features the posterior of a window equals the model's output on the same
@@ -31,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +68,7 @@ class DetectorConfig:
     patience: int = 2  # windows at or above the threshold before a run counts
     refractory: float = 1.0  # seconds after an event during which nothing fires
     max_event: float = 2.0  # a run longer than this is reported and a new one may start
+    trim_db: float = 15.0  # an event spans the frames of its best window within this many dB of the loudest (0 = whole window)
 
 
 class _EventLogic:
@@ -153,6 +156,8 @@ class Detector:
         self.window_seconds = window
         self.hop = max(1, int(round(cfg.hop / self.conv_seconds)))  # in convolution frames
         self.batch_windows = batch_windows
+        # energies kept for event boundaries: a batch of windows, the longest run and a margin
+        self._keep_frames = int((batch_windows * self.hop * self.conv_seconds + cfg.max_event + window + 5.0) / self.frame_seconds)
         self.reset()
 
     def reset(self) -> None:
@@ -165,6 +170,8 @@ class Detector:
         self._next_window = 0  # index (in windows) of the next window to classify
         self._recent = torch.zeros(0, len(self.keywords))  # last smooth-1 posteriors
         self.samples = 0
+        self._energy = torch.zeros(0)  # log mel energy of recent feature frames, for the event boundaries
+        self._energy_offset = 0
         self._logic = _EventLogic(len(self.keywords), self.cfg.threshold, self.cfg.patience,
                                   int(np.ceil(self.cfg.refractory / (self.hop * self.conv_seconds))),
                                   max(1, int(round(self.cfg.max_event / (self.hop * self.conv_seconds)))))
@@ -187,6 +194,11 @@ class Detector:
         self.samples += chunk.numel()
         model = self.model
         frames, self._feat_state = model.frontend.features.infer(chunk.unsqueeze(0), self._feat_state)
+        self._energy = torch.cat([self._energy, torch.logsumexp(frames[0], dim=1)])
+        excess = self._energy.shape[0] - self._keep_frames
+        if excess > 0:
+            self._energy = self._energy[excess:]
+            self._energy_offset += excess
         self._feats = torch.cat([self._feats, model.frontend.cmvn(frames[0].unsqueeze(0))[0]])
         # convolution frames whose whole kernel is available
         kt, st = model.kernel_frames, model.stride_frames
@@ -222,9 +234,25 @@ class Detector:
         self._recent = both[both.shape[0] - min(s - 1, both.shape[0]):]
         return first, smoothed
 
+    def _bounds(self, w: int) -> tuple[float, float]:
+        """Start and end of window ``w``, trimmed to its frames within ``trim_db`` of the loudest."""
+        start, end = self.window_start(w), self.window_start(w) + self.window_seconds
+        if self.cfg.trim_db <= 0:
+            return start, end
+        first = w * self.hop * self.model.stride_frames - self._energy_offset
+        n = int(round(self.window_seconds / self.frame_seconds))
+        e = self._energy[max(0, first): max(0, first + n)]
+        if first < 0 or e.numel() == 0:  # (older than the energy buffer: keep the whole window)
+            return start, end
+        loud = torch.nonzero(e >= e.max() - self.cfg.trim_db * math.log(10) / 10).flatten()
+        return start + float(loud[0]) * self.frame_seconds, start + float(loud[-1] + 1) * self.frame_seconds
+
     def _events(self, hits: list[tuple[int, int, float]]) -> list[Event]:
-        return [Event(self.keywords[k], round(self.window_start(w), 3), round(self.window_start(w) + self.window_seconds, 3),
-                      round(score, 4)) for k, w, score in hits]
+        out = []
+        for k, w, score in hits:
+            start, end = self._bounds(w)
+            out.append(Event(self.keywords[k], round(start, 3), round(end, 3), round(score, 4)))
+        return out
 
     def process(self, chunk: torch.Tensor) -> list[Event]:
         """Feed samples ``(n,)`` (any length, model sample rate); return the events completed so far."""
@@ -255,7 +283,14 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "crnn.pt"
 
 def load_detector_model(path: str | os.PathLike | None = None, device: str = "cpu"):
     """``(model, labels)`` from a ``crnn`` checkpoint; ``None`` = the default model in the package."""
-    from asr.checkpoint import CheckpointError, load_model
+    model, labels, _ = load_detector(path, device)
+    return model, labels
+
+
+def load_detector(path: str | os.PathLike | None = None, device: str = "cpu"):
+    """``(model, labels, DetectorConfig)``: the detector settings stored with the model by
+    ``kws export --threshold`` (its measured operating point), else the defaults."""
+    from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
@@ -264,4 +299,6 @@ def load_detector_model(path: str | os.PathLike | None = None, device: str = "cp
     model, family, labels, _ = load_model(path, device=device)
     if family.name != "crnn" or not isinstance(labels, list):
         raise CheckpointError(f"{path}: a {family.name!r} model, not a keyword spotter (crnn)")
-    return model, labels
+    stored = load_checkpoint(path).get("detector") or {}
+    cfg = DetectorConfig(**{k: v for k, v in stored.items() if hasattr(DetectorConfig, k)})
+    return model, labels, cfg

@@ -124,10 +124,13 @@ def test_detect_reads_any_format_and_rate_and_reports_bad_files(trained, tmp_pat
 def test_export_strips_training_state(trained, tmp_path):
     import torch
 
-    out = kws("export", str(trained / "exp" / "best.pt"), str(tmp_path / "m.pt"))
+    out = kws("export", str(trained / "exp" / "best.pt"), str(tmp_path / "m.pt"), "--threshold", "0.93")
     assert out.returncode == 0, out.stderr
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     assert "train_state" not in ckpt and ckpt["labels"] == LABELS and ckpt["family"] == "crnn"
+    from kws.detect import load_detector
+
+    assert load_detector(tmp_path / "m.pt")[2].threshold == 0.93
 
 
 def test_every_subcommand_has_help():

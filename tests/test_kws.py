@@ -231,3 +231,16 @@ def test_gain_augmentation_scales_by_the_drawn_decibels():
     aug = WaveformAugment(speed_prob=0.0, gain_db=(-12.0, -12.0), gain_prob=1.0)
     x = torch.randn(1000)
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x * 10 ** (-12 / 20))
+
+
+def test_event_bounds_trim_the_window_to_the_loud_part(one_thread):
+    model = crnn()
+    x = torch.randn(16000 * 5, generator=torch.Generator().manual_seed(4)) * 1e-3
+    x[32000:38400] += 0.5 * torch.sin(torch.arange(6400) * 0.25)  # 2.0 .. 2.4 s
+    det = Detector(model, LABELS)
+    det.scores(x, final=True)
+    w = int(1.7 / (det.hop * det.conv_seconds))  # a window starting at about 1.7 s holds the tone
+    start, end = det._bounds(w)
+    assert abs(start - 2.0) <= 0.03 and abs(end - 2.4) <= 0.03, (start, end)
+    det.cfg.trim_db = 0
+    assert det._bounds(w) == (det.window_start(w), det.window_start(w) + 1.0)
