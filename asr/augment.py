@@ -326,11 +326,40 @@ def time_shift(wav: torch.Tensor, max_shift: int, generator: torch.Generator | N
     return out[0] if single else out
 
 
+def synthetic_rir(rt60: float, sample_rate: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A room impulse response ``(n,)``: a direct path, then exponentially decaying Gaussian noise
+    that falls by 60 dB in ``rt60`` seconds (the statistical late-reverberation model); unit energy.
+
+    Example:
+        >>> ir = synthetic_rir(0.3, 16000, torch.Generator().manual_seed(0))
+        >>> ir.shape, round(float(ir.pow(2).sum()), 4)
+        (torch.Size([4800]), 1.0)
+    """
+    if rt60 <= 0:
+        raise ValueError(f"rt60 must be positive, got {rt60}")
+    n = max(2, int(rt60 * sample_rate))
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(n, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+    ir = noise * 10.0 ** (-3.0 * t / rt60)  # amplitude -60 dB at t = rt60
+    ir[0] = ir[1:].abs().max() * 4.0  # the direct sound dominates
+    return (ir / ir.pow(2).sum().sqrt()).float()
+
+
+def reverberate(wav: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """Convolve ``wav`` ``(N,)`` with ``ir`` (FFT), keep the first ``N`` samples and the input's RMS."""
+    n = wav.shape[-1] + ir.shape[-1] - 1
+    size = 1 << (n - 1).bit_length()
+    out = torch.fft.irfft(torch.fft.rfft(wav.double(), size) * torch.fft.rfft(ir.double(), size), size)[..., : wav.shape[-1]]
+    rms_in, rms_out = wav.double().pow(2).mean().sqrt(), out.pow(2).mean().sqrt()
+    return (out * (rms_in / rms_out.clamp(min=1e-12))).to(wav.dtype)
+
+
 @dataclass
 class WaveformAugment:
-    """Random speed change, time shift, additive noise and gain for one waveform ``(N,)``.
+    """Random reverberation, speed change, time shift, additive noise and gain for one waveform ``(N,)``.
 
-    Each step runs with its own probability, in the order speed -> shift -> noise -> gain
+    Each step runs with its own probability, in the order reverb -> speed -> shift -> noise -> gain
     (so the SNR refers to the speech as it is finally heard).
 
     Example:
@@ -351,10 +380,17 @@ class WaveformAugment:
     sample_rate: int = 16000  # rate of the waveforms in Hz
     gain_db: tuple[float, float] = (0.0, 0.0)  # random gain range in dB, applied last (0, 0 = off)
     gain_prob: float = 0.0  # probability of a gain change
+    rt60: tuple[float, float] = (0.2, 0.8)  # reverberation time range in seconds of the synthetic room
+    reverb_prob: float = 0.0  # probability of reverberation (applied first, before speed and noise)
 
     def __call__(self, wav: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment ``wav`` ``(N,)``; the result is ``(N',)`` (N' differs after a speed change)."""
         # The coin flips and choices are drawn up front, in a fixed order.
+        if self.reverb_prob > 0:
+            r = _rand((2,), generator, torch.device("cpu")).tolist()
+            if r[0] < self.reverb_prob:
+                lo, hi = self.rt60
+                wav = reverberate(wav, synthetic_rir(lo + (hi - lo) * r[1], self.sample_rate, generator))
         u = _rand((6,), generator, torch.device("cpu")).tolist()
         if self.speed_factors and u[0] < self.speed_prob:
             factor = self.speed_factors[min(int(u[1] * len(self.speed_factors)), len(self.speed_factors) - 1)]

@@ -9,6 +9,7 @@ Subcommands available:
   transcribe --model CKPT FILE ...          print one transcript per audio file
   evaluate --model CKPT --manifest M.jsonl  WER/CER and per-utterance alignments
   lm --manifest M.jsonl --out LM.arpa       build a word n-gram LM for beam search
+  select --model CKPT --pool P.jsonl --budget N[h] --strategy S --out SEL.jsonl   active-learning selection
 """
 
 from __future__ import annotations
@@ -141,6 +142,37 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     _add_decode_flags(p)
 
 
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="pick the utterances to label next (active learning)",
+                       description="Scores every utterance of an unlabeled pool with a model and selects the "
+                                   "best-scored ones up to a budget: random, least confidence, N-best entropy or "
+                                   "Expected Gradient Length (Huang et al. 2016). Writes the selected manifest and "
+                                   "a scores file (TSV: id, duration, score, selected). Scores are cached per shard "
+                                   "in the work folder, so a killed job started again resumes; under torchrun each "
+                                   "process scores its shards and rank 0 selects.")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint to score with (not needed for random)")
+    p.add_argument("--pool", type=Path, required=True, help="JSON-lines manifest of the unlabeled utterances")
+    p.add_argument("--budget", required=True, help="how much to select: utterances (500) or hours (2.5h)")
+    p.add_argument("--strategy", choices=("egl", "random", "confidence", "entropy"), default="egl",
+                   help="egl: expected squared gradient norm over the N-best; confidence: least confident best "
+                        "hypothesis; entropy: N-best entropy; random (default egl)")
+    p.add_argument("--out", type=Path, required=True, help="the selected manifest to write")
+    p.add_argument("--nbest", type=int, default=4, help="hypotheses per utterance, the beam size (default 4)")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances scored together (default 8)")
+    p.add_argument("--scores", type=Path, default=None, help="scores file (default: OUT without suffix + .scores.tsv)")
+    p.add_argument("--work-dir", type=Path, default=None, help="shard cache for resuming (default: OUT without suffix + .work)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
+    p.add_argument("--max-per-speaker", type=int, default=0, help="at most K utterances per speaker (default 0 = no cap)")
+    p.add_argument("--diversity", choices=("none", "kcenter"), default="none",
+                   help="kcenter: among the best-scored candidates, greedy k-center on mean-pooled encoder outputs")
+    p.add_argument("--candidates", type=float, default=3.0, help="kcenter candidate set, in budgets (default 3)")
+    p.add_argument("--params", nargs="+", default=[], metavar="PREFIX",
+                   help="egl: only parameters whose name starts with a PREFIX (e.g. head.linear); default all")
+    p.add_argument("--shard-size", type=int, default=64, help="utterances per cached shard (default 64)")
+    p.add_argument("--max-shards", type=int, default=0, help="stop after scoring this many shards (default 0 = all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -248,6 +280,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_select(args: argparse.Namespace) -> int:
+    from asr.active.select import SelectOptions, run_selection
+    from asr.checkpoint import CheckpointError
+
+    opts = SelectOptions(
+        pool=str(args.pool), budget=args.budget, out=str(args.out), strategy=args.strategy,
+        model=str(args.model or ""), nbest=args.nbest, batch_size=args.batch_size, scores=str(args.scores or ""),
+        work_dir=str(args.work_dir or ""), seed=args.seed, max_per_speaker=args.max_per_speaker,
+        diversity=args.diversity, candidates=args.candidates, params=list(args.params), shard_size=args.shard_size,
+        max_shards=args.max_shards, device=args.device, progress=True,
+    )
+    try:
+        summary = run_selection(opts)
+    except CheckpointError as e:
+        print(f"asr select: error: {e}", file=sys.stderr)
+        return 2
+    for key, value in summary.items():
+        print(f"{key}\t{value}")
+    return 0
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "librispeech":
         from asr.data.librispeech import prepare_librispeech
@@ -300,11 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(sub)
     _add_evaluate(sub)
     _add_lm(sub)
+    _add_select(sub)
     return parser
 
 
 COMMANDS = {"prepare": run_prepare, "download": run_download, "train": run_train,
-            "transcribe": run_transcribe, "evaluate": run_evaluate, "lm": run_lm}
+            "transcribe": run_transcribe, "evaluate": run_evaluate, "lm": run_lm,
+            "select": run_select}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,8 @@ class Trainer:
         seed_everything(config.seed + ctx.rank)
         self._setup_amp()
         resume = self._resume_checkpoint()
-        self.data: TrainData = build_data(config, family, ctx, resume)
+        init = self._init_checkpoint() if resume is None else None  # its tokenizer / labels are this run's
+        self.data: TrainData = build_data(config, family, ctx, resume if resume is not None else init)
         model = family.build(config.model, self.data.num_outputs)
         if not hasattr(model, "frontend"):
             raise TypeError(f"family {family.name!r} built a model without a .frontend")
@@ -104,6 +105,11 @@ class Trainer:
             except RuntimeError as e:
                 raise TrainingError(f"{self.out_dir / 'last.pt'} does not fit the configured model: use another "
                                     f"out_dir or the config it was trained with ({e})") from None
+        elif init is not None:  # the weights hold the CMVN statistics (and what family.prepare set)
+            try:
+                model.load_state_dict(init["model"])
+            except RuntimeError as e:
+                raise TrainingError(f"{config.init_from} (init_from) does not fit the configured model ({e})") from None
         elif ctx.is_main:  # other ranks receive rank 0's weights and statistics when wrapped
             compute_model_cmvn(model, self.data.train_items, config)
             if family.prepare is not None:
@@ -149,6 +155,17 @@ class Trainer:
             raise TrainingError(f"{last} holds a {ckpt.get('family')!r} model, not {self.family.name!r}: use another out_dir")
         self._info("resuming from %s (step %d)", last, ckpt["train_state"]["step"])
         return ckpt
+
+    def _init_checkpoint(self) -> dict | None:
+        """The ``init_from`` checkpoint of a new run (weights only: optimizer and schedule start afresh)."""
+        if not self.config.init_from:
+            return None
+        ckpt = load_checkpoint(self.config.init_from)
+        if ckpt.get("family") != self.family.name:
+            raise TrainingError(f"{self.config.init_from} (init_from) holds a {ckpt.get('family')!r} model, "
+                                f"not {self.family.name!r}")
+        self._info("starting from the weights of %s", self.config.init_from)
+        return {k: ckpt.get(k) for k in ("family", "model", "tokenizer", "labels")}
 
     def _total_steps(self) -> int:
         per_epoch = math.ceil(len(self.data.train_sampler) / max(1, self.config.optim.accum_steps))

@@ -42,6 +42,8 @@ class DataConfig:
     shift_prob: float = 0.5  # probability of a time shift
     gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # random gain range in dB (0, 0 = off)
     gain_prob: float = 0.5  # probability of a gain change (when gain_db is not 0, 0)
+    reverb_prob: float = 0.0  # probability of reverberation by a synthetic room impulse response
+    rt60: list[float] = field(default_factory=lambda: [0.2, 0.8])  # its reverberation time range in seconds
     cmvn_max_items: int = 500  # training utterances for the global CMVN statistics (0 = all)
 
 
@@ -81,3 +83,4 @@ class TrainConfig:
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     average_last: int = 0  # average the last N epoch checkpoints into out_dir/avg.pt at the end (0 = off)
     threads: int = 0  # torch.set_num_threads (0 = torch's default)
+    init_from: str = ""  # checkpoint whose model weights start a new run (not a resume: fresh optimizer and schedule)

@@ -120,13 +120,15 @@ def build_augment(cfg: DataConfig, sample_rate: int) -> WaveformAugment | None:
     speed = cfg.speed_prob > 0 and any(f != 1.0 for f in cfg.speed_factors)
     max_shift = int(round(cfg.max_shift_ms * sample_rate / 1000))
     gain = cfg.gain_prob > 0 and any(g != 0.0 for g in cfg.gain_db)
-    if not (noises and cfg.noise_prob > 0) and not speed and not (max_shift > 0 and cfg.shift_prob > 0) and not gain:
+    if (not (noises and cfg.noise_prob > 0) and not speed and not (max_shift > 0 and cfg.shift_prob > 0) and not gain
+            and cfg.reverb_prob <= 0):
         return None
     return WaveformAugment(
         noises=noises, snr_range=tuple(cfg.snr_range), noise_prob=cfg.noise_prob,
         speed_factors=tuple(cfg.speed_factors), speed_prob=cfg.speed_prob, max_shift=max_shift,
         shift_prob=cfg.shift_prob, sample_rate=sample_rate,
         gain_db=(float(cfg.gain_db[0]), float(cfg.gain_db[1])) if gain else (0.0, 0.0), gain_prob=cfg.gain_prob,
+        rt60=(float(cfg.rt60[0]), float(cfg.rt60[1])), reverb_prob=cfg.reverb_prob,
     )
 
 

@@ -244,3 +244,25 @@ def test_event_bounds_trim_the_window_to_the_loud_part(one_thread):
     assert abs(start - 2.0) <= 0.03 and abs(end - 2.4) <= 0.03, (start, end)
     det.cfg.trim_db = 0
     assert det._bounds(w) == (det.window_start(w), det.window_start(w) + 1.0)
+
+
+def test_synthetic_rir_decays_by_60_db_in_rt60():
+    from asr.augment import reverberate, synthetic_rir
+
+    sr, rt60 = 16000, 0.5
+    ir = synthetic_rir(rt60, sr, torch.Generator().manual_seed(0)).double()
+    late = ir[1:]
+    # Schroeder backward integration: the energy decay curve falls 60 dB per rt60
+    edc = 10 * torch.log10(torch.flip(torch.cumsum(torch.flip(late**2, [0]), 0), [0]))
+    t = torch.arange(len(edc)) / sr
+    fit = (t > 0.02) & (edc > edc[0] - 35)  # the straight part of the curve
+    slope = np.polyfit(t[fit].numpy(), edc[fit].numpy(), 1)[0]
+    assert abs(-60 / slope - rt60) < 0.05 * rt60
+    x = torch.randn(8000)
+    y = reverberate(x, ir.float())
+    assert y.shape == x.shape and torch.isclose(y.pow(2).mean(), x.pow(2).mean(), rtol=1e-4)
+    # a click becomes the impulse response itself (scaled)
+    click = torch.zeros(8000)
+    click[0] = 1.0
+    r = reverberate(click, ir.float())
+    torch.testing.assert_close(r / r.norm(), ir[:8000].float() / ir[:8000].float().norm(), atol=1e-5, rtol=1e-4)
