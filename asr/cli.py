@@ -41,15 +41,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     sc = corp.add_parser("speech-commands", help="the Speech Commands layout: <word>/<speaker>_nohash_<n>.wav",
                          description="Writes OUT/{train,valid,test}.jsonl. Splits follow validation_list.txt/"
                                      "testing_list.txt when present, else the dataset's speaker-hash rule.")
-    sc.add_argument("root", type=Path, help="the extracted corpus folder")
-    sc.add_argument("--out", type=Path, required=True, help="folder for the manifests")
-    sc.add_argument("--protocol", type=int, choices=(12, 35), default=12,
-                    help="12: ten keywords + _unknown_ + _silence_; 35: every word is a class (default 12)")
-    sc.add_argument("--silence-fraction", type=float, default=0.1,
-                    help="silence windows per split, as a fraction of its clips (default 0.1)")
-    sc.add_argument("--unknown-fraction", type=float, default=None,
-                    help="cap _unknown_ clips to this fraction of the keyword clips (default: keep all)")
-    sc.add_argument("--seed", type=int, default=0, help="seed for the silence and unknown choices")
+    add_speech_commands_args(sc)
 
     sy = corp.add_parser("synthetic", help="synthesize a keyword corpus and a sentence corpus offline",
                          description="Synthesizes, with espeak-ng (and flite when installed), a Speech Commands-"
@@ -65,6 +57,19 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--no-flite", action="store_true", help="use espeak-ng voices only")
     sy.add_argument("--seed", type=int, default=0, help="everything follows from this seed (default 0)")
     sy.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+
+
+def add_speech_commands_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `asr prepare speech-commands` (and `kws prepare`)."""
+    p.add_argument("root", type=Path, help="the extracted corpus folder")
+    p.add_argument("--out", type=Path, required=True, help="folder for the manifests")
+    p.add_argument("--protocol", type=int, choices=(12, 35), default=12,
+                   help="12: ten keywords + _unknown_ + _silence_; 35: every word is a class (default 12)")
+    p.add_argument("--silence-fraction", type=float, default=0.1,
+                   help="silence windows per split, as a fraction of its clips (default 0.1)")
+    p.add_argument("--unknown-fraction", type=float, default=None,
+                   help="cap _unknown_ clips to this fraction of the keyword clips (default: keep all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the silence and unknown choices")
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:

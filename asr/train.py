@@ -99,6 +99,8 @@ class Trainer:
         model = family.build(config.model, self.data.num_outputs)
         if not hasattr(model, "frontend"):
             raise TypeError(f"family {family.name!r} built a model without a .frontend")
+        self._info("%s model: %s trainable parameters", family.name,
+                   f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
         if resume is not None:
             try:
                 model.load_state_dict(resume["model"])

@@ -30,15 +30,12 @@ log = logging.getLogger("kws")
 
 
 def _add_prepare(sub) -> None:
+    from asr.cli import add_speech_commands_args
+
     p = sub.add_parser("prepare", help="manifests for a Speech Commands-layout corpus",
-                       description="Same as `asr prepare speech-commands`: writes OUT/{train,valid,test}.jsonl.")
-    p.add_argument("root", type=Path, help="the extracted Speech Commands folder (or a synthetic one)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the manifests")
-    p.add_argument("--protocol", type=int, choices=(12, 35), default=12,
-                   help="12: ten keywords + _unknown_ + _silence_; 35: every word is a class (default 12)")
-    p.add_argument("--silence-fraction", type=float, default=0.1, help="silence windows per split (fraction, default 0.1)")
-    p.add_argument("--unknown-fraction", type=float, default=None, help="cap _unknown_ clips (fraction of keyword clips)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the silence and unknown choices")
+                       description="Same as `asr prepare speech-commands`: writes OUT/{train,valid,test}.jsonl "
+                                   "(and OUT/noise_<split>.jsonl from _background_noise_).")
+    add_speech_commands_args(p)
 
 
 def _add_split(sub) -> None:
