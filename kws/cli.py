@@ -55,6 +55,9 @@ def _add_combine(sub) -> None:
                                    "(ids of the copies get #1, #2, ...), e.g. to weight scarce real clips.")
     p.add_argument("out", type=Path, help="the manifest to write")
     p.add_argument("inputs", nargs="+", metavar="IN[:REPEAT]", help="input manifests, each optionally with :REPEAT")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated labels to keep (items without a label are kept too); e.g. _silence_ to "
+                        "add real background clips to a noise manifest")
 
 
 def _add_train(sub) -> None:
@@ -267,7 +270,8 @@ def run_combine(args) -> int:
     for spec in args.inputs:
         path, _, repeat = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "1")
         sources.append((Path(path), int(repeat)))
-    out, n = combine_manifests(args.out, sources)
+    labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
+    out, n = combine_manifests(args.out, sources, labels)
     print(f"{out}\t{n} items")
     return 0
 

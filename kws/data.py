@@ -49,9 +49,11 @@ def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: i
     return out
 
 
-def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple[str | os.PathLike, int]]) -> tuple[Path, int]:
+def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple[str | os.PathLike, int]],
+                      labels: Sequence[str] | None = None) -> tuple[Path, int]:
     """Write ``out`` with the items of each ``(manifest, repeat)``; repeats get ids ``<id>#<k>``.
 
+    With ``labels``, only items with one of those labels, or with no label at all, are kept.
     Returns ``(out, item count)``. Ids must be unique across the sources.
     """
     items, seen = [], set()
@@ -59,6 +61,8 @@ def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple[str | os.P
         if repeat < 1:
             raise ValueError(f"{path}: repeat must be >= 1, got {repeat}")
         for it in read_manifest(path):
+            if labels is not None and "label" in it and it["label"] not in labels:
+                continue
             if it["id"] in seen:
                 raise ValueError(f"{path}: id {it['id']!r} also appears in an earlier manifest")
             seen.add(it["id"])

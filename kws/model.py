@@ -44,6 +44,7 @@ class CRNNConfig:
     rnn_layers: int = 2  # recurrent layers
     bidirectional: bool = False  # False = forward-only (what the streaming detector runs)
     dense: int = 64  # units of the dense layer before the output
+    dense_activation: str = "relu"  # relu | leaky_relu (slope 0.1: its units cannot all die, which once left a model at chance)
     dropout: float = 0.1  # dropout after the convolution and before the output
     class_balance: bool = True  # weight the loss by inverse class frequency of the training set
     label_smoothing: float = 0.0  # cross-entropy label smoothing
@@ -58,6 +59,8 @@ def crnn_config(config: ModelConfig) -> CRNNConfig:
     cfg = from_dict(CRNNConfig, extra.get("crnn") or {}, source="model.extra.crnn")
     if len(cfg.kernel) != 2 or len(cfg.stride) != 2 or min(cfg.kernel + cfg.stride) < 1:
         raise ConfigError("model.extra.crnn: kernel and stride are two positive integers (time, frequency)")
+    if cfg.dense_activation not in ("relu", "leaky_relu"):
+        raise ConfigError(f"model.extra.crnn.dense_activation: relu or leaky_relu, not {cfg.dense_activation!r}")
     if cfg.rnn_type not in ("gru", "lstm"):
         raise ConfigError(f"model.extra.crnn.rnn_type: gru or lstm, not {cfg.rnn_type!r}")
     return cfg
@@ -115,7 +118,9 @@ class CRNN(nn.Module):
         if self.cfg.bidirectional:  # the backward direction has read the whole clip at its first frame
             h = self.cfg.rnn_dim
             last = torch.cat([last[:, :h], out[:, 0, h:]], dim=-1)
-        return self.output(self.dropout(F.relu(self.dense(last))))
+        h = self.dense(last)
+        h = F.leaky_relu(h, 0.1) if self.cfg.dense_activation == "leaky_relu" else F.relu(h)
+        return self.output(self.dropout(h))
 
     def forward(self, wav: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         feats, lengths = self.frontend(wav, wav_lengths)

