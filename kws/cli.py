@@ -78,6 +78,9 @@ def _add_detector_flags(p) -> None:
     p.add_argument("--smooth", type=int, default=None, help="windows averaged to smooth the posteriors (default 3)")
     p.add_argument("--patience", type=int, default=None, help="windows above the threshold before a detection counts (default 2)")
     p.add_argument("--refractory", type=float, default=None, help="seconds after a detection with no other (default 1.0)")
+    p.add_argument("--trim-db", type=float, default=None,
+                   help="an event spans the frames of its best window within this many dB of the loudest (default 15; "
+                        "0 = the whole 1-s window)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
 
@@ -163,7 +166,7 @@ def _detector(args):
 
     torch.set_num_threads(max(1, args.threads))
     model, labels, cfg = load_detector(args.model)
-    for key in ("threshold", "hop", "smooth", "patience", "refractory"):
+    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
