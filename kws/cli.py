@@ -302,15 +302,10 @@ def run_make_stream(args) -> int:
 
 
 def run_train(args) -> int:
-    from asr.config import load_config
-    from asr.train import TrainConfig, train
+    """`asr train` itself (same config, same loop): the crnn family is one of its families."""
+    from asr.cli import run_train as asr_train
 
-    config = load_config(TrainConfig, args.config, args.overrides)
-    if config.model.family != "crnn":
-        log.warning("%s: model.family is %r; `kws train` is meant for crnn", args.config, config.model.family)
-    for key, value in train(config).items():
-        print(f"{key}\t{value}")
-    return 0
+    return asr_train(args)
 
 
 def run_export(args) -> int:
