@@ -15,7 +15,7 @@ process and N processes with the same global batch make the same update.
 
 Example (a config file plus overrides, as ``asr train`` does it)::
 
-    config = load_config(TrainConfig, "recipes/synthetic/ctc.yaml", ["optim.lr=1e-3"])
+    config = load_config(TrainConfig, "recipes/synthetic/conf/ctc.yaml", ["optim.lr=1e-3"])
     summary = train(config)   # {"step": ..., "dev_error": ..., "stopped": "epochs", ...}
     model, family, tokenizer, config = load_model("exp/run/best.pt", device="cuda")
 
