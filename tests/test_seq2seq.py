@@ -15,7 +15,14 @@ from asr.models.attention import LocationAwareAttention, LSTMAttentionDecoder, T
 from asr.models.config import AttentionConfig, EncoderConfig, ModelConfig, SpecAugmentConfig
 from asr.models.ctc import CTCModel, ctc_loss
 from asr.models.encoders import length_mask
-from asr.models.seq2seq import EOS, AttentionModel, attention_decode, attention_greedy, attention_loss
+from asr.models.seq2seq import (
+    EOS,
+    AttentionModel,
+    attention_decode,
+    attention_greedy,
+    attention_loss,
+    guided_attention_penalty,
+)
 
 V, D_ENC = 12, 24
 
@@ -173,6 +180,44 @@ def test_joint_loss_mixes_per_utterance():
     out.loss.backward()
     assert all(p.grad is not None for p in model.decoder.parameters())
     assert model.ctc_head.linear.weight.grad is not None
+
+
+def test_guided_penalty_against_loops():
+    """The vectorised penalty equals a loop over utterances, steps and frames; padding costs nothing."""
+    g = torch.Generator().manual_seed(3)
+    weights = torch.rand(3, 5, 7, generator=g)
+    enc_lengths, out_lengths, sigma = torch.tensor([7, 4, 1]), torch.tensor([5, 2, 3]), 0.3
+    got = guided_attention_penalty(weights, enc_lengths, out_lengths, sigma)
+    for b in range(3):
+        T, U = int(enc_lengths[b]), int(out_lengths[b])
+        expect = sum(
+            float(weights[b, u, t]) * (1 - math.exp(-(((t + 0.5) / T - (u + 0.5) / U) ** 2) / (2 * sigma**2)))
+            for u in range(U) for t in range(T)
+        )
+        assert got[b].item() == pytest.approx(expect, rel=1e-5)
+    # attention along the diagonal costs far less than along the anti-diagonal
+    diag = torch.eye(6).unsqueeze(0)
+    lengths = torch.tensor([6])
+    assert guided_attention_penalty(diag, lengths, lengths, 0.2).item() == pytest.approx(0.0, abs=1e-6)
+    assert guided_attention_penalty(diag.flip(2), lengths, lengths, 0.2).item() > 3.0
+
+
+def test_guided_loss_is_added_and_trains_the_attention():
+    torch.manual_seed(0)
+    batch = random_batch()
+    plain = AttentionModel(small_config(ctc_weight=0.3), V).eval()
+    guided = AttentionModel(small_config(ctc_weight=0.3, guided_weight=0.5), V).eval()
+    guided.load_state_dict(plain.state_dict())
+    base, out = attention_loss(plain, batch), attention_loss(guided, batch)
+    assert base.metrics["guided"] == 0.0 and out.metrics["guided"] > 0.0
+    assert out.metrics["att"] == pytest.approx(base.metrics["att"], rel=1e-5)
+    assert out.loss.item() == pytest.approx(base.loss.item() + 0.5 * out.metrics["guided"], rel=1e-5)
+    base.loss.backward()
+    out.loss.backward()
+    # the penalty's own gradient reaches the attention (the two models hold the same weights)
+    assert not torch.allclose(guided.decoder.attention.score.weight.grad, plain.decoder.attention.score.weight.grad)
+    with pytest.raises(ValueError, match="lstm decoder"):
+        AttentionModel(small_config(decoder="transformer", guided_weight=1.0), V)
 
 
 def test_family_registered():

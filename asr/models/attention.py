@@ -141,17 +141,25 @@ class LSTMAttentionDecoder(nn.Module):
                "enc_proj": state["enc_proj"]}
         return torch.cat([x, context], dim=-1), new
 
-    def forward(self, enc: torch.Tensor, enc_lengths: torch.Tensor, ys_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: ``(B, T, D_enc)``, ``(B,)``, ``(B, U)`` -> logits ``(B, U, V)``."""
+    def forward(
+        self, enc: torch.Tensor, enc_lengths: torch.Tensor, ys_in: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: ``(B, T, D_enc)``, ``(B,)``, ``(B, U)`` -> logits ``(B, U, V)``, and with
+        ``return_weights`` also the attention weights of every step ``(B, U, T)`` (for the guided loss)."""
         mask = length_mask(enc_lengths, enc.shape[1])
         state = self.init_state(enc, enc_lengths)
         embs = self.dropout(self.embed(ys_in))  # (B, U, dim)
-        outs = []
+        outs, weights = [], []
         for u in range(ys_in.shape[1]):
             out, state = self._advance(embs[:, u], state, enc, mask)
             outs.append(out)
+            weights.append(state["weights"])
         feats = torch.stack(outs, dim=1) if outs else enc.new_zeros(enc.shape[0], 0, self.dim + self.enc_dim)
-        return self.output(self.dropout(feats))
+        logits = self.output(self.dropout(feats))
+        if not return_weights:
+            return logits
+        att = torch.stack(weights, dim=1) if weights else enc.new_zeros(enc.shape[0], 0, enc.shape[1])
+        return logits, att
 
     def step(self, token: torch.Tensor, state: State, enc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, State]:
         """Previous tokens ``(B,)`` -> log-probabilities of the next ``(B, V)`` (float32) and the new state."""

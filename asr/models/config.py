@@ -70,6 +70,8 @@ class AttentionConfig:
     label_smoothing: float = 0.1
     ctc_weight: float = 0.3  # joint CTC-attention training: loss = w * ctc + (1 - w) * attention
     max_len_ratio: float = 1.0  # greedy decoding stops after this many tokens per encoder frame
+    guided_weight: float = 0.0  # weight of the guided-attention loss (diagonal prior; lstm decoder only; 0 = off)
+    guided_sigma: float = 0.2  # width of that diagonal, as a fraction of the utterance
 
 
 @dataclass

@@ -4,6 +4,9 @@ The decoder (``attention.decoder``: location-aware LSTM or Transformer, see
 :mod:`asr.models.attention`) reads ``<sos> y`` and predicts ``y <eos>`` (``<sos>`` and ``<eos>``
 are both id 2). With ``ctc_weight > 0`` a CTC head on the encoder is trained jointly:
 ``loss = ctc_weight * ctc + (1 - ctc_weight) * attention`` per utterance (Kim et al. 2017).
+With ``guided_weight > 0`` (LSTM decoder) a guided-attention loss (Tachibana et al. 2018) is
+added: attention mass far from the diagonal ``t / T = u / U`` is penalised, which speeds up
+learning the alignment when training time is short.
 
 Example:
     >>> from asr.models.config import ModelConfig, EncoderConfig, AttentionConfig
@@ -17,7 +20,7 @@ Example:
     ...          "token_lengths": torch.tensor([2, 1])}
     >>> out = attention_loss(model, batch)
     >>> out.weight, sorted(out.metrics)
-    (2.0, ['acc', 'att', 'ctc', 'empty', 'tokens', 'too_short'])
+    (2.0, ['acc', 'att', 'ctc', 'empty', 'guided', 'tokens', 'too_short'])
     >>> len(attention_decode(model, batch))
     2
 """
@@ -57,8 +60,13 @@ class AttentionModel(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1), got {a.label_smoothing}")
         if a.max_len_ratio <= 0:
             raise ValueError(f"max_len_ratio must be positive, got {a.max_len_ratio}")
+        if a.guided_weight < 0 or a.guided_sigma <= 0:
+            raise ValueError(f"guided_weight must be >= 0 and guided_sigma > 0, got {a.guided_weight}, {a.guided_sigma}")
+        if a.guided_weight > 0 and a.decoder != "lstm":
+            raise ValueError(f"guided_weight needs the lstm decoder (its attention weights), not {a.decoder!r}")
         self.vocab_size = vocab_size
         self.ctc_weight, self.label_smoothing, self.max_len_ratio = a.ctc_weight, a.label_smoothing, a.max_len_ratio
+        self.guided_weight, self.guided_sigma = a.guided_weight, a.guided_sigma
         self.frontend = Frontend(config)
         self.encoder = build_encoder(config.encoder, self.frontend.dim)
         self.decoder = build_decoder(a, self.encoder.output_dim, vocab_size)
@@ -71,15 +79,19 @@ class AttentionModel(nn.Module):
 
     def forward(
         self, wav: torch.Tensor, wav_lengths: torch.Tensor, ys_in: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Teacher-forced logits ``(B, U, V)`` for decoder inputs ``ys_in`` ``(B, U)`` (starting with ``<sos>``),
-        with the encoder output ``(B, T', D)`` and its frame counts ``(B,)`` (for the CTC branch).
+        with the encoder output ``(B, T', D)`` and its frame counts ``(B,)`` (for the CTC branch), and
+        the attention weights ``(B, U, T')`` when the guided-attention loss is on (else ``None``).
 
         Training calls this through ``model(...)`` so that a DistributedDataParallel wrapper
         synchronises the gradients.
         """
         enc, lengths = self.encode(wav, wav_lengths)
-        return self.decoder(*_attendable(enc, lengths), ys_in), enc, lengths
+        if self.guided_weight > 0:
+            logits, weights = self.decoder(*_attendable(enc, lengths), ys_in, return_weights=True)
+            return logits, enc, lengths, weights
+        return self.decoder(*_attendable(enc, lengths), ys_in), enc, lengths, None
 
 
 def _attendable(enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,22 +119,47 @@ def decoder_io(tokens: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch
     return ys_in, ys_out, valid
 
 
+def guided_attention_penalty(
+    weights: torch.Tensor, enc_lengths: torch.Tensor, out_lengths: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Guided-attention penalty per utterance (Tachibana et al. 2018), summed over decoder steps.
+
+    Step ``u`` of ``U_b`` putting weight ``a`` on frame ``t`` of ``T_b`` costs
+    ``a * (1 - exp(-((t + 1/2) / T_b - (u + 1/2) / U_b)^2 / (2 sigma^2)))``: nothing on the diagonal,
+    almost 1 far from it. ``weights`` ``(B, U, T)``; ``enc_lengths`` ``(B,)`` = ``T_b``;
+    ``out_lengths`` ``(B,)`` = ``U_b`` (decoder steps, ``<eos>`` included). Returns ``(B,)``.
+
+    >>> w = torch.eye(4).unsqueeze(0)  # step u attends frame u: on the diagonal
+    >>> guided_attention_penalty(w, torch.tensor([4]), torch.tensor([4]), 0.2).item()
+    0.0
+    """
+    B, U, T = weights.shape
+    steps = torch.arange(U, device=weights.device, dtype=torch.float32)
+    frames = torch.arange(T, device=weights.device, dtype=torch.float32)
+    u = (steps + 0.5) / out_lengths.clamp(min=1).unsqueeze(1).float()  # (B, U)
+    t = (frames + 0.5) / enc_lengths.clamp(min=1).unsqueeze(1).float()  # (B, T)
+    cost = 1.0 - torch.exp(-(u.unsqueeze(2) - t.unsqueeze(1)) ** 2 / (2.0 * sigma**2))  # (B, U, T)
+    valid = length_mask(out_lengths, U).unsqueeze(2) & length_mask(enc_lengths, T).unsqueeze(1)
+    return (weights.float() * cost * valid).sum((1, 2))
+
+
 def attention_loss(model: AttentionModel, batch: dict) -> LossOutput:
     """Label-smoothed cross entropy of the decoder (summed per utterance), joint with CTC.
 
     Per utterance: ``w * ctc + (1 - w) * att`` with ``w = ctc_weight``. Utterances with an empty
     transcript or too few frames for their labels are left out of the CTC part (and counted,
     ``empty`` / ``too_short``); an empty transcript still trains the decoder to emit ``<eos>``.
+    With ``guided_weight > 0``, ``guided_weight *`` :func:`guided_attention_penalty` is added.
     ``weight`` is the number of utterances (those kept by CTC when ``w = 1``).
-    Metrics: ``att`` and ``ctc`` (sums of the partial losses), ``acc`` (correctly predicted target
-    tokens, ``<eos>`` included) over ``tokens`` (target tokens), ``empty``, ``too_short``.
+    Metrics: ``att``, ``ctc`` and ``guided`` (sums of the partial losses), ``acc`` (correctly
+    predicted target tokens, ``<eos>`` included) over ``tokens`` (target tokens), ``empty``, ``too_short``.
     """
     tokens, token_lengths = batch["tokens"], batch["token_lengths"]
     B = tokens.shape[0]
     w = model.ctc_weight
 
     ys_in, ys_out, valid = decoder_io(tokens, token_lengths)
-    logits, enc, lengths = model(batch["wav"], batch["wav_lengths"], ys_in)
+    logits, enc, lengths, weights = model(batch["wav"], batch["wav_lengths"], ys_in)
     logits = logits.float()  # (B, U + 1, V)
     ce = F.cross_entropy(logits.transpose(1, 2), ys_out, reduction="none", label_smoothing=model.label_smoothing)
     att = (ce * valid).sum(1)  # (B,)
@@ -139,6 +176,11 @@ def attention_loss(model: AttentionModel, batch: dict) -> LossOutput:
         metrics["ctc"] = 0.0
         loss, weight = att.sum(), float(B)
     metrics.update(counts)
+    metrics["guided"] = 0.0
+    if weights is not None:
+        guided = guided_attention_penalty(weights, _attendable(enc, lengths)[1], token_lengths + 1, model.guided_sigma)
+        metrics["guided"] = float(guided.detach().sum())
+        loss = loss + model.guided_weight * guided.sum()
     return LossOutput(loss=loss, weight=weight, metrics=metrics)
 
 
