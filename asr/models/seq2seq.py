@@ -88,10 +88,11 @@ class AttentionModel(nn.Module):
         synchronises the gradients.
         """
         enc, lengths = self.encode(wav, wav_lengths)
+        memory = _attendable(enc, lengths)
         if self.guided_weight > 0:
-            logits, weights = self.decoder(*_attendable(enc, lengths), ys_in, return_weights=True)
+            logits, weights = self.decoder(*memory, ys_in, return_weights=True)
             return logits, enc, lengths, weights
-        return self.decoder(*_attendable(enc, lengths), ys_in), enc, lengths, None
+        return self.decoder(*memory, ys_in), enc, lengths, None
 
 
 def _attendable(enc: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
