@@ -48,6 +48,10 @@ class CRNNConfig:
     dropout: float = 0.1  # dropout after the convolution and before the output
     class_balance: bool = True  # weight the loss by inverse class frequency of the training set
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    # Auxiliary CTC over the letters of each clip's "text" (the word said), on every recurrent
+    # frame; 0 = off. Only training uses the extra head; it makes the recurrent layers spell
+    # the word, which separates look-alike words (go / no / down) that one label per clip does not.
+    ctc_weight: float = 0.0
 
 
 def crnn_config(config: ModelConfig) -> CRNNConfig:
@@ -61,6 +65,8 @@ def crnn_config(config: ModelConfig) -> CRNNConfig:
         raise ConfigError("model.extra.crnn: kernel and stride are two positive integers (time, frequency)")
     if cfg.dense_activation not in ("relu", "leaky_relu"):
         raise ConfigError(f"model.extra.crnn.dense_activation: relu or leaky_relu, not {cfg.dense_activation!r}")
+    if not 0.0 <= cfg.ctc_weight:
+        raise ConfigError(f"model.extra.crnn.ctc_weight: must be >= 0, got {cfg.ctc_weight}")
     if cfg.rnn_type not in ("gru", "lstm"):
         raise ConfigError(f"model.extra.crnn.rnn_type: gru or lstm, not {cfg.rnn_type!r}")
     return cfg
@@ -98,6 +104,8 @@ class CRNN(nn.Module):
         self.output = nn.Linear(c.dense, num_classes)
         self.dropout = nn.Dropout(c.dropout)
         self.register_buffer("class_weights", torch.ones(num_classes))
+        # letters + blank (0) for the auxiliary CTC head, only when it is on
+        self.letter_head = nn.Linear(out_dim, len(LETTERS) + 1) if c.ctc_weight > 0 else None
 
     def conv_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Convolution output frames for ``feat_lengths`` feature frames (at least one)."""
@@ -112,7 +120,14 @@ class CRNN(nn.Module):
 
     def classify(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Convolution frames ``(B, T', D)`` + lengths -> logits ``(B, C)``."""
-        out, _ = self.rnn(self.dropout(frames))  # (B, T', H * dirs)
+        return self.head(self.recurrent(frames), lengths)
+
+    def recurrent(self, frames: torch.Tensor) -> torch.Tensor:
+        """Convolution frames ``(B, T', D)`` -> recurrent outputs ``(B, T', H * dirs)``."""
+        return self.rnn(self.dropout(frames))[0]
+
+    def head(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Recurrent outputs + lengths -> logits ``(B, C)`` (from the last valid frame)."""
         idx = (lengths - 1).clamp(min=0)
         last = out[torch.arange(out.shape[0], device=out.device), idx]
         if self.cfg.bidirectional:  # the backward direction has read the whole clip at its first frame
@@ -144,15 +159,42 @@ class CRNN(nn.Module):
         return int(round(conv_rate * (conv + rnn + dense)))
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz'"  # the auxiliary CTC head's symbols (1..27; 0 is the blank)
+
+
+def encode_letters(text: str) -> list[int]:
+    """The CTC targets of a clip's text: its letters and apostrophes (case folded), others dropped.
+
+    >>> encode_letters("Go!"), encode_letters("")
+    ([7, 15], [])
+    """
+    return [LETTERS.index(ch) + 1 for ch in text.lower() if ch in LETTERS]
+
+
 def crnn_loss(model: CRNN, batch: dict) -> LossOutput:
-    """Class-weighted cross-entropy; the loss is a sum, ``weight`` the sum of the item weights."""
-    logits = model(batch["wav"], batch["wav_lengths"])
-    labels = batch["labels"]
+    """Class-weighted cross-entropy, plus ``ctc_weight`` times the letter CTC loss of each clip
+    (weighted like its class) when that is on; the loss is a sum, ``weight`` the sum of the item
+    weights."""
     inner = model.module if hasattr(model, "module") else model
+    feats, lengths = inner.frontend(batch["wav"], batch["wav_lengths"])
+    frames = inner.conv_frames(feats)
+    lengths = inner.conv_lengths(lengths).clamp(max=frames.shape[1])
+    out = inner.recurrent(frames)
+    logits = inner.head(out, lengths)
+    labels = batch["labels"]
     w = inner.class_weights[labels]
-    ce = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=inner.cfg.label_smoothing)
-    errors = float((logits.argmax(-1) != labels).sum())
-    return LossOutput(loss=(ce * w).sum(), weight=float(w.sum()), metrics={"errors": errors})
+    loss = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=inner.cfg.label_smoothing)
+    metrics = {"errors": float((logits.argmax(-1) != labels).sum())}
+    if inner.letter_head is not None:
+        targets = [torch.tensor(encode_letters(t), dtype=torch.long) for t in batch["texts"]]
+        target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        log_probs = F.log_softmax(inner.letter_head(inner.dropout(out)).float(), -1).transpose(0, 1)  # (T', B, V)
+        # zero_infinity: a clip too short for its word (fewer frames than letters) adds nothing
+        ctc = F.ctc_loss(log_probs, torch.cat(targets + [torch.zeros(0, dtype=torch.long)]).to(out.device),
+                         lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
+        metrics["ctc"] = float((ctc.detach() * w).sum())
+        loss = loss + inner.cfg.ctc_weight * ctc
+    return LossOutput(loss=(loss * w).sum(), weight=float(w.sum()), metrics=metrics)
 
 
 @torch.no_grad()

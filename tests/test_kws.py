@@ -269,3 +269,73 @@ def test_synthetic_rir_decays_by_60_db_in_rt60():
     click[0] = 1.0
     r = reverberate(click, ir.float())
     torch.testing.assert_close(r / r.norm(), ir[:8000].float() / ir[:8000].float().norm(), atol=1e-5, rtol=1e-4)
+
+
+def _ctc_brute_force(log_probs: torch.Tensor, target: list[int]) -> float:
+    """-log P(target) by enumerating every frame path over the blank and the target's symbols."""
+    import itertools
+
+    total = torch.tensor(0.0, dtype=torch.float64)
+    for path in itertools.product([0] + sorted(set(target)), repeat=log_probs.shape[0]):
+        collapsed = [s for i, s in enumerate(path) if s != 0 and (i == 0 or s != path[i - 1])]
+        if collapsed == target:
+            total = total + log_probs[torch.arange(len(path)), list(path)].double().sum().exp()
+    return float(-total.log())
+
+
+def test_letter_ctc_term_matches_path_enumeration():
+    from kws.model import crnn_loss, encode_letters
+
+    model = crnn(ctc_weight=0.5)
+    wav = torch.randn(3, 9000, generator=torch.Generator().manual_seed(1))  # 54 feature frames -> 5 conv frames
+    batch = {"wav": wav, "wav_lengths": torch.tensor([9000, 9000, 6000]), "labels": torch.tensor([11, 0, 1]),
+             "texts": ["Go", "", "bee"]}  # 6000 samples -> 3 frames: "bee" needs a blank between the e's, 4 frames
+    with torch.no_grad():
+        out = crnn_loss(model, batch)
+        ce = torch.nn.functional.cross_entropy(model(wav, batch["wav_lengths"]), batch["labels"], reduction="sum")
+        feats, lengths = model.frontend(wav, batch["wav_lengths"])
+        frames = model.conv_frames(feats)
+        lp = torch.log_softmax(model.letter_head(model.recurrent(frames)), -1)
+    assert frames.shape[1] == 5 and model.conv_lengths(lengths).tolist() == [5, 5, 3]
+    # "bee" cannot fit in 3 frames: zero_infinity drops it instead of making the loss infinite
+    expected = sum(_ctc_brute_force(lp[i, :n], encode_letters(t)) for i, (n, t) in enumerate([(5, "go"), (5, "")]))
+    assert encode_letters("Go") == [7, 15]
+    assert torch.isclose(out.loss, ce + 0.5 * expected, rtol=1e-4), (out.loss, ce, expected)
+    assert out.metrics["ctc"] == pytest.approx(expected, rel=1e-4)
+    assert crnn().letter_head is None  # off by default: the shipped model has no extra head
+
+
+def test_letter_ctc_head_learns_which_word_was_said():
+    """A few steps on two "words" (tone pairs) make the letter head give each clip's own
+    spelling a far higher CTC likelihood than the other's."""
+    from kws.model import crnn_loss, encode_letters
+
+    model = crnn(ctc_weight=1.0, rnn_dim=32, dense=16, dropout=0.0).train()
+    t = torch.arange(8000) / 16000
+    tone = lambda f1, f2: torch.cat([torch.sin(2 * torch.pi * f1 * t), torch.sin(2 * torch.pi * f2 * t)])
+    wav = torch.stack([tone(300, 900), tone(1500, 500)]) + 0.01 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([16000, 16000])
+    batch = {"wav": wav, "wav_lengths": lengths, "labels": torch.tensor([4, 3]), "texts": ["up", "no"]}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(100):
+        opt.zero_grad()
+        out = crnn_loss(model, batch)
+        first = out.metrics["ctc"] if first is None else first
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        feats, feat_lengths = model.frontend(wav, lengths)
+        frames = model.conv_frames(feats)
+        lp = torch.log_softmax(model.letter_head(model.recurrent(frames)), -1).transpose(0, 1)
+        n = model.conv_lengths(feat_lengths)
+
+        def nll(texts):
+            targets = [torch.tensor(encode_letters(x)) for x in texts]
+            return torch.nn.functional.ctc_loss(lp, torch.cat(targets), n, torch.tensor([len(x) for x in targets]),
+                                                reduction="none")
+
+    own, swapped = nll(["up", "no"]), nll(["no", "up"])
+    assert out.metrics["ctc"] < first / 10, (first, out.metrics["ctc"])
+    assert (swapped - own > 5.0).all(), (own, swapped)  # the other word is e^5 times less likely, or less
