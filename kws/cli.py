@@ -6,7 +6,7 @@ Subcommands:
   evaluate --model M --manifest M accuracy, per-class accuracy, confusion; FRR vs false alarms/hour
   prepare ROOT --out DIR          Speech Commands manifests (12- or 35-class protocol)
   split MANIFEST --out DIR        speaker-disjoint parts of a manifest (e.g. train/test)
-  combine OUT IN[:REPEAT]...      one manifest from several, repeating some
+  combine OUT IN[:REPEAT[:CLEAN]]... one manifest from several, repeating some
   make-stream --manifest M --out F.wav   a long recording of clips in noise, with keyword truth
   export CKPT OUT                 a checkpoint without its training state (for shipping a model)
 """
@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -52,9 +53,13 @@ def _add_split(sub) -> None:
 def _add_combine(sub) -> None:
     p = sub.add_parser("combine", help="one manifest from several",
                        description="Concatenate manifests; IN:REPEAT lists that manifest's items REPEAT times "
-                                   "(ids of the copies get #1, #2, ...), e.g. to weight scarce real clips.")
+                                   "(ids of the copies get #1, #2, ...), e.g. to weight scarce real clips; "
+                                   "IN:REPEAT:CLEAN marks CLEAN of those copies \"augment\": false, so that "
+                                   "training reads them as recorded (no noise, reverberation, speed or gain change; "
+                                   "SpecAugment still applies).")
     p.add_argument("out", type=Path, help="the manifest to write")
-    p.add_argument("inputs", nargs="+", metavar="IN[:REPEAT]", help="input manifests, each optionally with :REPEAT")
+    p.add_argument("inputs", nargs="+", metavar="IN[:REPEAT[:CLEAN]]",
+                   help="input manifests, each optionally with :REPEAT and :CLEAN (copies without waveform augmentation)")
     p.add_argument("--labels", default=None,
                    help="comma-separated labels to keep (items without a label are kept too); e.g. _silence_ to "
                         "add real background clips to a noise manifest")
@@ -271,8 +276,8 @@ def run_combine(args) -> int:
 
     sources = []
     for spec in args.inputs:
-        path, _, repeat = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "1")
-        sources.append((Path(path), int(repeat)))
+        m = re.fullmatch(r"(.+?)(?::(\d+)(?::(\d+))?)?", spec)
+        sources.append((Path(m[1]), int(m[2] or 1), int(m[3] or 0)))
     labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
     out, n = combine_manifests(args.out, sources, labels)
     print(f"{out}\t{n} items")

@@ -49,23 +49,28 @@ def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: i
     return out
 
 
-def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple[str | os.PathLike, int]],
+def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple],
                       labels: Sequence[str] | None = None) -> tuple[Path, int]:
-    """Write ``out`` with the items of each ``(manifest, repeat)``; repeats get ids ``<id>#<k>``.
+    """Write ``out`` with the items of each ``(manifest, repeat)`` or ``(manifest, repeat, clean)``;
+    repeats get ids ``<id>#<k>``, and the last ``clean`` copies of each item are marked
+    ``"augment": false`` (training reads them without waveform augmentation).
 
     With ``labels``, only items with one of those labels, or with no label at all, are kept.
     Returns ``(out, item count)``. Ids must be unique across the sources.
     """
     items, seen = [], set()
-    for path, repeat in sources:
+    for path, repeat, *rest in sources:
+        clean = int(rest[0]) if rest else 0
         if repeat < 1:
             raise ValueError(f"{path}: repeat must be >= 1, got {repeat}")
+        if not 0 <= clean <= repeat:
+            raise ValueError(f"{path}: clean copies must be between 0 and the repeat {repeat}, got {clean}")
         for it in read_manifest(path):
             if labels is not None and "label" in it and it["label"] not in labels:
                 continue
             if it["id"] in seen:
                 raise ValueError(f"{path}: id {it['id']!r} also appears in an earlier manifest")
             seen.add(it["id"])
-            items.append(it)
-            items += [dict(it, id=f"{it['id']}#{k}") for k in range(1, repeat)]
+            copies = [it] + [dict(it, id=f"{it['id']}#{k}") for k in range(1, repeat)]
+            items += [dict(c, augment=False) if k >= repeat - clean else c for k, c in enumerate(copies)]
     return write_manifest(out, items), len(items)

@@ -164,3 +164,15 @@ def test_default_model_ships_with_the_package_and_finds_real_keywords(shared_dat
     truth = [json.loads(l) for l in (tmp_path / "s.truth.jsonl").read_text().splitlines()]
     loc = localization([Event(**json.loads(l)) for l in out.stdout.splitlines()], truth)
     assert loc["recall"] >= 0.7 and loc["false_alarms"] <= 0.3 * loc["total"], loc
+
+
+def test_combine_repeats_and_marks_clean_copies(tmp_path):
+    a = tmp_path / "real.jsonl"
+    a.write_text("".join(json.dumps({"id": f"c{i}", "audio": "x.wav", "label": "yes"}) + "\n" for i in range(2)))
+    out = kws("combine", str(tmp_path / "out.jsonl"), f"{a}:3:1")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["id"], r.get("augment", True)) for r in rows] == [
+        ("c0", True), ("c0#1", True), ("c0#2", False), ("c1", True), ("c1#1", True), ("c1#2", False)]
+    bad = kws("combine", str(tmp_path / "bad.jsonl"), f"{a}:1:2")
+    assert bad.returncode != 0 and "clean copies" in bad.stderr

@@ -114,6 +114,9 @@ def test_augmentation_is_reproducible_per_epoch(tmp_path):
     torch.testing.assert_close(a, b)
     ds.set_epoch(1)
     assert not torch.allclose(a, ds[1]["wav"])
+    clean = AudioDataset([items[0], dict(items[1], augment=False)], augment=noise, seed=5)
+    torch.testing.assert_close(clean[1]["wav"], AudioDataset(items)[1]["wav"])  # read as it is
+    assert not torch.allclose(clean[0]["wav"], AudioDataset(items)[0]["wav"])
 
 
 def test_bad_files_raise_or_are_skipped_and_counted(tmp_path, caplog):

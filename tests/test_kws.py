@@ -226,6 +226,12 @@ def test_split_by_speaker_and_combine(tmp_path):
     assert [json.loads(l)["id"] for l in out.read_text().splitlines()] == ["n1", "2/1"]
     with pytest.raises(ValueError, match="also appears"):
         combine_manifests(tmp_path / "d.jsonl", [(a, 1), (a, 1)])
+    out, n = combine_manifests(tmp_path / "f.jsonl", [(a, 1), (b, 3, 2)])  # 2 of the 3 copies read clean
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [(r["id"], r.get("augment")) for r in rows[4:7]] == [("n1", None), ("n1#1", False), ("n1#2", False)]
+    assert all("augment" not in r for r in rows[:4])
+    with pytest.raises(ValueError, match="clean copies"):
+        combine_manifests(tmp_path / "g.jsonl", [(a, 2, 3)])
 
 
 def test_gain_augmentation_scales_by_the_drawn_decibels():

@@ -37,7 +37,8 @@ class AudioDataset(torch.utils.data.Dataset):
         sample_rate: audio is resampled to this rate.
         tokenizer: when given, ``text`` is encoded to ``tokens``.
         labels: class names; when given, ``label`` is mapped to its index.
-        augment: ``f(wav, generator) -> wav`` applied to the waveform.
+        augment: ``f(wav, generator) -> wav`` applied to the waveform, except for items with
+            ``"augment": false`` (e.g. copies of real recordings to be heard as they are).
         skip_bad: an unreadable file yields ``None`` (dropped by :func:`collate_batch`
             and counted) instead of raising :class:`AudioError`.
         seed: augmentation randomness comes from ``(seed, epoch, index)``: reproducible
@@ -83,7 +84,7 @@ class AudioDataset(torch.utils.data.Dataset):
             self.bad_files += 1
             log.warning("skipping %s (id %s): %s", e.path, item["id"], e.reason)
             return None
-        if self.augment is not None:
+        if self.augment is not None and item.get("augment", True) is not False:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
             wav = self.augment(wav, g)
         out = {"id": item["id"], "wav": wav, "text": item.get("text", "")}
