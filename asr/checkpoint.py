@@ -27,7 +27,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -150,15 +150,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None) -> int:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
+                      transform: Callable[[dict], dict] | None = None) -> int:
     """Copy a checkpoint without its training state (optimizer, RNG, ...), for shipping a model.
 
-    ``extra`` entries (plain values) are added, e.g. a detector's operating point.
+    ``extra`` entries (plain values) are added, e.g. a detector's operating point;
+    ``transform`` may rewrite the kept checkpoint (e.g. drop a training-only head).
     Float weights stay float32. Returns the size of ``dst`` in bytes.
     """
     ckpt = load_checkpoint(src)
     keep = {k: ckpt[k] for k in ("format", "family", "config", "model", "tokenizer", "labels", "detector") if k in ckpt}
     keep.update(extra or {})
+    if transform is not None:
+        keep = transform(keep)
     save_checkpoint(keep, dst)
     return Path(dst).stat().st_size
 

@@ -144,7 +144,7 @@ def _add_make_stream(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="strip the training state from a checkpoint",
                        description="Write a copy of CKPT with only the weights, config and labels (no optimizer or "
-                                   "RNG state): what kws/pretrained/crnn.pt holds.")
+                                   "RNG state, no training-only letter CTC head): what kws/pretrained/crnn.pt holds.")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (best.pt, last.pt)")
     p.add_argument("out", type=Path, help="the file to write")
     p.add_argument("--threshold", type=float, default=None,
@@ -316,6 +316,7 @@ def run_train(args) -> int:
 def run_export(args) -> int:
     from asr.checkpoint import export_checkpoint
     from kws.detect import load_detector_model
+    from kws.model import without_letter_head
 
     threshold = args.threshold
     if args.threshold_from is not None:
@@ -323,7 +324,7 @@ def run_export(args) -> int:
         if threshold is None or threshold != threshold:
             raise ValueError(f"{args.threshold_from}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
     extra = {"detector": {"threshold": float(threshold)}} if threshold is not None else None
-    size = export_checkpoint(args.checkpoint, args.out, extra)
+    size = export_checkpoint(args.checkpoint, args.out, extra, transform=without_letter_head)
     model, labels = load_detector_model(args.out)  # checks that it loads as a keyword spotter
     print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
     return 0

@@ -217,6 +217,18 @@ def set_class_weights(model: CRNN, items: list[dict], labels: list[str]) -> None
     model.class_weights.copy_(weights)
 
 
+def without_letter_head(ckpt: dict) -> dict:
+    """A crnn checkpoint without the training-only letter CTC head (its config's ``ctc_weight`` set to 0)."""
+    crnn = ((ckpt.get("config") or {}).get("model") or {}).get("extra", {}).get("crnn")
+    if not crnn or not crnn.get("ctc_weight"):
+        return ckpt
+    ckpt = dict(ckpt, model={k: v for k, v in ckpt["model"].items() if not k.startswith("letter_head.")})
+    config = dict(ckpt["config"])
+    config["model"] = dict(config["model"], extra=dict(config["model"]["extra"], crnn=dict(crnn, ctc_weight=0.0)))
+    ckpt["config"] = config
+    return ckpt
+
+
 def build_crnn(config: ModelConfig, num_classes: int) -> CRNN:
     return CRNN(config, num_classes)
 

@@ -308,7 +308,26 @@ def test_letter_ctc_term_matches_path_enumeration():
     assert encode_letters("Go") == [7, 15]
     assert torch.isclose(out.loss, ce + 0.5 * expected, rtol=1e-4), (out.loss, ce, expected)
     assert out.metrics["ctc"] == pytest.approx(expected, rel=1e-4)
-    assert crnn().letter_head is None  # off by default: the shipped model has no extra head
+    assert crnn().letter_head is None  # off by default
+
+
+def test_export_drops_the_letter_head_and_gives_the_same_scores(tmp_path):
+    from asr.checkpoint import export_checkpoint, load_model, save_checkpoint
+    from kws.model import without_letter_head
+
+    model = crnn(ctc_weight=0.5)
+    config = {"model": {"family": "crnn", "features": {"n_mels": 40}, "extra": {"crnn": {"ctc_weight": 0.5}}},
+              "data": {"labels": LABELS}}
+    save_checkpoint({"format": 1, "family": "crnn", "config": config, "labels": LABELS, "model": model.state_dict(),
+                     "train_state": {"step": 3}}, tmp_path / "full.pt")
+    export_checkpoint(tmp_path / "full.pt", tmp_path / "ship.pt", transform=without_letter_head)
+    shipped, _, labels, cfg = load_model(tmp_path / "ship.pt")
+    assert shipped.letter_head is None and cfg.model.extra["crnn"]["ctc_weight"] == 0.0 and labels == LABELS
+    wav = torch.randn(2, 16000, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([16000, 11000])
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(wav, lengths), model(wav, lengths))
+    assert without_letter_head({"config": {"model": {"extra": {}}}, "model": {}}) == {"config": {"model": {"extra": {}}}, "model": {}}
 
 
 def test_letter_ctc_head_learns_which_word_was_said():
