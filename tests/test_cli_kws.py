@@ -176,3 +176,30 @@ def test_combine_repeats_and_marks_clean_copies(tmp_path):
         ("c0", True), ("c0#1", True), ("c0#2", False), ("c1", True), ("c1#1", True), ("c1#2", False)]
     bad = kws("combine", str(tmp_path / "bad.jsonl"), f"{a}:1:2")
     assert bad.returncode != 0 and "clean copies" in bad.stderr
+
+
+def test_train_with_the_letter_head_then_export_drops_it(shared_data, tmp_path):
+    import torch
+
+    rows = []
+    for word in ("yes", "no"):
+        for wav in sorted((shared_data / "speech-commands-real" / word).glob("*.wav"))[:4]:
+            rows.append({"id": f"{word}/{wav.stem}", "audio": str(wav), "duration": 1.0, "label": word, "text": word})
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "kws.yaml"
+    config.write_text(
+        "model:\n  family: crnn\n  features: {n_mels: 40}\n  extra: {crnn: {rnn_dim: 16, conv_channels: 8, ctc_weight: 0.5}}\n"
+        f"data:\n  train: {manifest}\n  dev: {manifest}\n  labels: ['yes', 'no']\n  batch_size: 4\n  num_workers: 0\n"
+        f"epochs: 1\nout_dir: {tmp_path / 'exp'}\nthreads: 1\ntensorboard: false\n")
+    out = kws("train", "--config", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    full = torch.load(tmp_path / "exp" / "best.pt", weights_only=True)["model"]
+    assert any(k.startswith("letter_head.") for k in full)
+    out = kws("export", str(tmp_path / "exp" / "best.pt"), str(tmp_path / "m.pt"))
+    assert out.returncode == 0, out.stderr
+    shipped = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert not any(k.startswith("letter_head.") for k in shipped["model"])
+    assert shipped["config"]["model"]["extra"]["crnn"]["ctc_weight"] == 0.0
+    out = kws("detect", str(rows[0]["audio"]), "--model", str(tmp_path / "m.pt"), "--threshold", "0.0")
+    assert out.returncode == 0, out.stderr
