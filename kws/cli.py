@@ -9,6 +9,7 @@ Subcommands:
   combine OUT IN[:REPEAT[:CLEAN]]... one manifest from several, repeating some
   make-stream --manifest M --out F.wav   a long recording of clips in noise, with keyword truth
   export CKPT OUT                 a checkpoint without its training state (for shipping a model)
+  curve MANIFEST=EVAL.json...     held-out accuracy against real training speakers: CSV, PNG, log-linear fit
 """
 
 from __future__ import annotations
@@ -154,11 +155,23 @@ def _add_export(sub) -> None:
                    help="take the threshold at 0.5 false alarms per hour from a `kws evaluate --json` file")
 
 
+def _add_curve(sub) -> None:
+    p = sub.add_parser("curve", help="accuracy against the number of real training speakers",
+                       description="For each run, MANIFEST is the real clips it was trained on (an empty file for none) "
+                                   "and EVAL.json what `kws evaluate --json` wrote for it on held-out speakers. Writes "
+                                   "OUT.csv (speakers, clips, accuracy and its 95% speaker-bootstrap interval) and "
+                                   "OUT.png, fits accuracy = a + b*log2(speakers) over the runs with speakers, and "
+                                   "prints how many speakers the fit needs for --target.")
+    p.add_argument("runs", nargs="+", metavar="MANIFEST=EVAL.json", help="one pair per training run")
+    p.add_argument("--out", type=Path, required=True, help="output path without extension (OUT.csv, OUT.png)")
+    p.add_argument("--target", type=float, default=None, help="an accuracy to extrapolate to, e.g. 0.9")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_detect, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream,
+    for add in (_add_detect, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
                 _add_export):
         add(sub)
     return parser
@@ -203,6 +216,7 @@ def run_detect(args) -> int:
 
 def run_evaluate(args) -> int:
     from asr.data.manifest import read_manifest
+    from kws.curve import speaker_bootstrap
     from kws.evaluate import accuracy_report, classify_items, det_curve, localization
 
     detector = _detector(args)
@@ -211,7 +225,13 @@ def run_evaluate(args) -> int:
     probs, truth = classify_items(model, labels, items, args.batch_size)
     report = accuracy_report(probs, truth, labels)
     print(report.format())
-    result: dict = {"accuracy": report.accuracy, "clips": len(items),
+    speakers = [str(it.get("speaker", it["id"])) for it in items]
+    lo, hi = speaker_bootstrap((probs.argmax(-1) == truth).numpy(), speakers)
+    groups = len(set(speakers))
+    print(f"\n95% interval of the accuracy, resampling the {groups} speakers (a _silence_ clip is its own): "
+          f"{100 * lo:.1f}% to {100 * hi:.1f}%")
+    result: dict = {"accuracy": report.accuracy, "accuracy_ci95": [lo, hi], "speakers": groups,
+                    "clips": len(items),
                     "per_class": {k: v[0] for k, v in report.per_class().items()},
                     "confusion": report.confusion.tolist(), "labels": labels}
     if args.negative:
@@ -258,6 +278,7 @@ def run_prepare(args) -> int:
 
 def run_split(args) -> int:
     from asr.data.manifest import read_manifest, write_manifest
+    from kws.curve import count_speakers
     from kws.data import split_by_speaker
 
     try:
@@ -266,8 +287,9 @@ def run_split(args) -> int:
         raise ValueError(f"--parts: expected name=fraction,..., got {args.parts!r}") from None
     for name, items in split_by_speaker(read_manifest(args.manifest), parts, args.seed).items():
         path = write_manifest(args.out / f"{name}.jsonl", items)
-        speakers = len({it.get("speaker", it["id"]) for it in items})
-        print(f"{name}\t{path}\t{len(items)} clips\t{speakers} speakers")
+        silence = sum(it.get("label") == "_silence_" for it in items)
+        print(f"{name}\t{path}\t{len(items)} clips\t{count_speakers(items)} speakers"
+              + (f" (+ {silence} _silence_ clips, each split on its own)" if silence else ""))
     return 0
 
 
@@ -281,6 +303,47 @@ def run_combine(args) -> int:
     labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
     out, n = combine_manifests(args.out, sources, labels)
     print(f"{out}\t{n} items")
+    return 0
+
+
+def run_curve(args) -> int:
+    from asr.data.manifest import read_manifest
+    from kws.curve import count_speakers, fit_log_curve, save_curve_plot
+
+    rows = []
+    for spec in args.runs:
+        manifest, sep, result = spec.partition("=")
+        if not sep or not manifest or not result:
+            raise ValueError(f"expected MANIFEST=EVAL.json, got {spec!r}")
+        items = read_manifest(manifest) if Path(manifest).stat().st_size else []
+        try:
+            ev = json.loads(Path(result).read_text())
+            acc, (lo, hi) = float(ev["accuracy"]), ev.get("accuracy_ci95", (float("nan"), float("nan")))
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{result}: not a `kws evaluate --json` file ({e})") from None
+        rows.append({"run": Path(result).parent.name, "speakers": count_speakers(items),
+                     "clips": sum(it.get("label") != "_silence_" for it in items), "accuracy": acc,
+                     "ci_low": float(lo), "ci_high": float(hi)})
+    rows.sort(key=lambda r: r["speakers"])
+    print("run\tspeakers\tclips\taccuracy\t95% interval")
+    for r in rows:
+        print(f"{r['run']}\t{r['speakers']}\t{r['clips']}\t{100 * r['accuracy']:.1f}%\t"
+              f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%")
+    fit = None
+    if len({r["speakers"] for r in rows if r["speakers"] > 0}) >= 2:
+        fit = fit_log_curve([r["speakers"] for r in rows], [r["accuracy"] for r in rows])
+        print(f"fit: accuracy = {100 * fit.intercept:.1f}% + {100 * fit.per_doubling:.1f} points * log2(speakers)")
+        if args.target is not None:
+            print(f"the fit reaches {100 * args.target:.0f}% at about {fit.speakers_for(args.target):.0f} "
+                  f"real training speakers")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(args.out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    save_curve_plot(args.out.with_suffix(".png"), [r["speakers"] for r in rows], [r["accuracy"] for r in rows],
+                    [(r["ci_low"], r["ci_high"]) for r in rows], fit, args.target)
+    print(f"{args.out.with_suffix('.csv')}\n{args.out.with_suffix('.png')}")
     return 0
 
 
@@ -331,7 +394,7 @@ def run_export(args) -> int:
 
 
 COMMANDS = {"detect": run_detect, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
-            "split": run_split, "combine": run_combine, "make-stream": run_make_stream,
+            "split": run_split, "combine": run_combine, "make-stream": run_make_stream, "curve": run_curve,
             "export": run_export}
 
 

@@ -59,6 +59,9 @@ def test_trained_model_recognises_unseen_real_speakers(trained):
     result = json.loads((trained / "eval.json").read_text())
     assert result["accuracy"] >= 0.8, out.stdout  # chance is well under 0.5
     assert result["per_class"]["yes"] >= 0.75 and result["per_class"]["no"] >= 0.6
+    lo, hi = result["accuracy_ci95"]  # speaker bootstrap: whole speakers resampled
+    assert lo < result["accuracy"] < hi and hi - lo > 0.01
+    assert result["speakers"] == len({json.loads(l).get("speaker") for l in (trained / "test4.jsonl").open()})
 
 
 @pytest.mark.slow
@@ -137,7 +140,7 @@ def test_export_strips_training_state(trained, tmp_path):
 
 
 def test_every_subcommand_has_help():
-    for cmd in ("detect", "train", "evaluate", "prepare", "split", "combine", "make-stream", "export"):
+    for cmd in ("detect", "train", "evaluate", "prepare", "split", "combine", "make-stream", "export", "curve"):
         out = kws(cmd, "--help")
         assert out.returncode == 0 and "--" in out.stdout, cmd
     assert "--threshold" in kws("detect", "--help").stdout

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Train, evaluate and (with --install) ship the default keyword spotter, on CPU.
 #
-#   recipes/synthetic/kws.sh [--install] [key=value ...]
+#   recipes/synthetic/kws.sh [--install | --prepare-only] [key=value ...]
+#
+# --prepare-only writes the manifests below (under $WORK) and stops before training.
 #
 # Data: the synthetic keyword corpus (synthesized first when data/synthetic is missing) plus,
 # when $SHARED/speech-commands-real exists (default ../shared/data), the real Speech Commands
@@ -14,8 +16,9 @@
 # 0.7 as its default detection threshold.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-install=0
+install=0 prepare_only=0
 if [ "${1:-}" = "--install" ]; then install=1; shift; fi
+if [ "${1:-}" = "--prepare-only" ]; then prepare_only=1; shift; fi
 data=${DATA:-data/synthetic}
 shared=${SHARED:-../shared/data}
 work=${WORK:-data/kws}
@@ -39,6 +42,7 @@ kws combine "$work/dev.jsonl" "${dev[@]}"
 noise=("$data/manifests/kws/noise_train.jsonl")
 [ -f "$work/real/train.jsonl" ] && noise+=("$work/real/train.jsonl")
 kws combine "$work/noise_train.jsonl" "${noise[@]}" --labels _silence_
+[ "$prepare_only" = 1 ] && exit 0
 
 kws train --config "$here/conf/kws.yaml" out_dir="$exp" data.train="$work/train.jsonl" data.dev="$work/dev.jsonl" \
     data.noise_manifest="$work/noise_train.jsonl" "$@"
