@@ -112,6 +112,7 @@ def save_curve_plot(path: str | os.PathLike, speakers: Sequence[int], accuracy: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     x = np.asarray(speakers, dtype=np.float64)
     y = 100 * np.asarray(accuracy, dtype=np.float64)
@@ -132,6 +133,7 @@ def save_curve_plot(path: str | os.PathLike, speakers: Sequence[int], accuracy: 
     if target is not None:
         ax.axhline(100 * target, color="tab:green", linewidth=1, label=f"target {100 * target:.0f}%")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("real speakers in training")
     ax.set_ylabel("accuracy on held-out real speakers (%)")
     ax.set_title(title or "Accuracy against real training speakers")

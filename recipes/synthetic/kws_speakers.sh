@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # How the held-out real accuracy of the default keyword spotter grows with the number of real
 # speakers it is trained on: the default recipe (kws.sh's data and conf/kws.yaml) with the real
-# training clips of none, a quarter, half or all of the real training speakers. The real
-# _silence_ clips are background-noise excerpts, not speakers: every run keeps all of them.
+# training clips of none, a quarter, half or all of the real training speakers, and of all of
+# them plus the real dev speakers. The real _silence_ clips are background-noise excerpts, not
+# speakers: every run keeps all of them.
 #
 #   recipes/synthetic/kws_speakers.sh [SUBSET ...] [-- key=value ...]
 #
-# SUBSET: none, quarter, half, all (default: the four, one after another; give a few to run
-# them in two shells at once). key=value pairs after -- override the training config of every run.
+# SUBSET: none, quarter, half, all, all+dev (default: the first four, one after another; give a
+# few to run them in two shells at once). all+dev also trains on the real dev clips and picks its
+# epoch on the synthetic dev voices alone. key=value pairs after -- override the training config of every run.
 # Each run writes $EXP/<subset>/{best.pt,eval_real.json}; then `kws curve` turns every run that
 # has finished into $EXP/curve.csv and $EXP/curve.png (accuracy with a 95% speaker-bootstrap
 # interval against training speakers, and a log-linear fit).
@@ -34,17 +36,24 @@ kws combine "$cur/half.jsonl" "$cur/q1.jsonl" "$cur/q2.jsonl" >/dev/null
 kws combine "$cur/all.jsonl" "$cur/q1.jsonl" "$cur/q2.jsonl" "$cur/rest.jsonl" >/dev/null
 
 for s in "${subsets[@]}"; do
-    case $s in none|quarter|half|all) ;; *) echo "kws_speakers.sh: unknown subset '$s' (none, quarter, half, all)" >&2; exit 2 ;; esac
+    case $s in none|quarter|half|all|all+dev) ;;
+        *) echo "kws_speakers.sh: unknown subset '$s' (none, quarter, half, all, all+dev)" >&2; exit 2 ;; esac
     real=("$cur/silence.jsonl:16:8")
-    [ -s "$cur/$s.jsonl" ] && real+=("$cur/$s.jsonl:16:8")
+    [ -s "$cur/${s%+dev}.jsonl" ] && real+=("$cur/${s%+dev}.jsonl:16:8")
+    dev="$work/dev.jsonl"
+    if [ "$s" = all+dev ]; then
+        real+=("$work/real/dev.jsonl:16:8")
+        dev="${DATA:-data/synthetic}/manifests/kws/valid.jsonl"
+        kws combine "$cur/all+dev.jsonl" "$cur/all.jsonl" "$work/real/dev.jsonl" >/dev/null
+    fi
     kws combine "$cur/train_$s.jsonl" "${DATA:-data/synthetic}/manifests/kws/train.jsonl" "${real[@]}"
     kws train --config "$here/conf/kws.yaml" out_dir="$exp/$s" data.train="$cur/train_$s.jsonl" \
-        data.dev="$work/dev.jsonl" data.noise_manifest="$work/noise_train.jsonl" "$@"
+        data.dev="$dev" data.noise_manifest="$work/noise_train.jsonl" "$@"
     kws evaluate --model "$exp/$s/best.pt" --manifest "$work/real/test.jsonl" --json "$exp/$s/eval_real.json"
 done
 
 runs=()
-for s in none quarter half all; do
+for s in none quarter half all all+dev; do
     [ -f "$exp/$s/eval_real.json" ] && runs+=("$cur/$s.jsonl=$exp/$s/eval_real.json")
 done
 kws curve "${runs[@]}" --out "$exp/curve" --target 0.9
