@@ -87,6 +87,9 @@ def _add_detector_flags(p) -> None:
     p.add_argument("--trim-db", type=float, default=None,
                    help="an event spans the frames of its best window within this many dB of the loudest (default 15; "
                         "0 = the whole 1-s window)")
+    p.add_argument("--end-pad", type=float, default=None,
+                   help="seconds of quiet noise read after the end of each file, so that a keyword in its last second "
+                        "(a 1-s clip) is seen by several windows (default 0.5; not counted in the file's length)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
 
@@ -184,7 +187,7 @@ def _detector(args):
 
     torch.set_num_threads(max(1, args.threads))
     model, labels, cfg = load_detector(args.model)
-    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db"):
+    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None

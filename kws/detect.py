@@ -13,6 +13,9 @@
    within ``trim_db`` of their loudest (the word rather than the whole window);
    after an event, nothing fires for ``refractory`` seconds.
 
+At the end of a stream ``end_pad`` seconds of quiet noise are read (and not counted as audio),
+so that a keyword in the last second, as in a one-second clip, still passes several windows.
+
 With log-mel features the posterior of a window equals the model's output on the same
 samples cut out as a clip (tested). Memory does not grow with the stream: only the
 frames the next window needs are kept.
@@ -69,6 +72,9 @@ class DetectorConfig:
     refractory: float = 1.0  # seconds after an event during which nothing fires
     max_event: float = 2.0  # a run longer than this is reported and a new one may start
     trim_db: float = 15.0  # an event spans the frames of its best window within this many dB of the loudest (0 = whole window)
+    # seconds of quiet noise (-70 dBFS) read after the end of the stream, not counted as audio: without it a
+    # keyword in the last second (a 1-s clip, say) is seen by a single window and cannot pass smooth/patience
+    end_pad: float = 0.5
 
 
 class _EventLogic:
@@ -188,10 +194,15 @@ class Detector:
     def scores(self, chunk: torch.Tensor, final: bool = False) -> tuple[int, torch.Tensor]:
         """Feed samples; return ``(index of the first new window, smoothed keyword posteriors (N, K))``.
 
-        Windows are held back until ``batch_windows`` are ready unless ``final`` is set.
+        Windows are held back until ``batch_windows`` are ready unless ``final`` is set; ``final``
+        marks the end of the stream and first reads ``end_pad`` seconds of quiet noise (call it once).
         """
         chunk = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)
         self.samples += chunk.numel()
+        if final and self.cfg.end_pad > 0 and self.samples > 0:
+            n = int(round(self.cfg.end_pad * self.sample_rate))
+            quiet = torch.randn(n, generator=torch.Generator().manual_seed(0)) * 10 ** (-70 / 20)
+            chunk = torch.cat([chunk, quiet])
         model = self.model
         frames, self._feat_state = model.frontend.features.infer(chunk.unsqueeze(0), self._feat_state)
         self._energy = torch.cat([self._energy, torch.logsumexp(frames[0], dim=1)])

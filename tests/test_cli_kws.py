@@ -169,6 +169,42 @@ def test_default_model_ships_with_the_package_and_finds_real_keywords(shared_dat
     assert loc["recall"] >= 0.7 and loc["false_alarms"] <= 0.3 * loc["total"], loc
 
 
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is not in this checkout")
+def test_detect_finds_the_keyword_of_a_one_second_clip(shared_data, tmp_path):
+    """Lone Speech Commands clips of held-out speakers: the end pad gives the detector the windows it needs."""
+    import dataclasses
+
+    import torch
+
+    from asr.audio import read_audio
+    from asr.data.manifest import read_manifest
+    from kws.data import split_by_speaker
+    from kws.detect import Detector, load_detector
+
+    assert kws("prepare", str(shared_data / "speech-commands-real"), "--out", str(tmp_path)).returncode == 0
+    items = [it for s in ("train", "valid", "test") for it in read_manifest(tmp_path / f"{s}.jsonl")]
+    held_out = split_by_speaker(items, {"train": 0.5, "dev": 0.1, "test": 0.4}, seed=0)["test"]  # as the recipe
+    words = ("yes", "up", "left", "right", "off", "stop")  # the classes it knows best: 88-100% as clips
+    clips = [c for w in words for c in [it for it in held_out if it["label"] == w][::4][:4]]
+    label_of = {str(c["audio"]): c["label"] for c in clips}
+    out = kws("detect", *label_of, "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(l) for l in out.stdout.splitlines()]
+    right = {e["file"] for e in events if e["keyword"] == label_of[e["file"]]}
+    assert len(right) >= 0.8 * len(clips) and len(events) <= len(clips) + 2, events
+    assert all(0 <= e["start"] < e["end"] <= 1.0 for e in events)
+    model, labels, cfg = load_detector(DEFAULT_MODEL)
+    for pad in (0.0, cfg.end_pad):
+        det = Detector(model, labels, config=dataclasses.replace(cfg, end_pad=pad))
+        fired = 0
+        for path in label_of:
+            det.reset()
+            wav = torch.as_tensor(read_audio(path, 16000)[0])
+            fired += bool(det.process(wav) + det.flush())
+            assert det.seconds_processed == len(wav) / 16000  # the pad is not counted as audio
+        assert fired == 0 if pad == 0 else fired >= len(right)  # without the pad one window cannot pass patience
+
+
 def test_combine_repeats_and_marks_clean_copies(tmp_path):
     a = tmp_path / "real.jsonl"
     a.write_text("".join(json.dumps({"id": f"c{i}", "audio": "x.wav", "label": "yes"}) + "\n" for i in range(2)))

@@ -75,7 +75,7 @@ def test_detector_windows_equal_the_model_on_cut_clips(one_thread, chunk):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16000 * 6, generator=g) * 0.05
     x[30000:38000] += torch.sin(torch.arange(8000) * 0.3)  # something louder than the noise
-    det = Detector(model, LABELS, smooth=1, batch_windows=5)
+    det = Detector(model, LABELS, smooth=1, batch_windows=5, end_pad=0)
     parts, firsts = [], []
     for i in range(0, len(x), chunk):
         first, s = det.scores(x[i:i + chunk])
@@ -95,6 +95,25 @@ def test_detector_windows_equal_the_model_on_cut_clips(one_thread, chunk):
         with torch.no_grad():
             p = torch.softmax(model(clip[None], torch.tensor([16000])), -1)[0, det.keyword_index]
         torch.testing.assert_close(scores[w], p, atol=1e-5, rtol=1e-4)
+
+
+def test_end_pad_adds_windows_over_quiet_noise_after_the_stream(one_thread):
+    model = crnn()
+    x = torch.randn(16000 * 2, generator=torch.Generator().manual_seed(5)) * 0.05
+    plain = Detector(model, LABELS, smooth=1, end_pad=0).scores(x, final=True)[1]
+    det = Detector(model, LABELS, smooth=1, end_pad=0.5)
+    padded = det.scores(x, final=True)[1]
+    assert det.seconds_processed == 2.0
+    torch.testing.assert_close(padded[: len(plain)], plain)
+    quiet = torch.randn(8000, generator=torch.Generator().manual_seed(0)) * 10 ** (-70 / 20)
+    xp = torch.cat([x, quiet])
+    hop = det.hop * 8 * 160
+    n_conv = ((len(xp) - 400) // 160 + 1 - 20) // 8 + 1
+    assert len(padded) == (n_conv - 10) // det.hop + 1 > len(plain)
+    w = len(padded) - 1
+    with torch.no_grad():
+        p = torch.softmax(model(xp[None, w * hop: w * hop + 16000], torch.tensor([16000])), -1)[0, det.keyword_index]
+    torch.testing.assert_close(padded[w], p, atol=1e-5, rtol=1e-4)
 
 
 def test_smoothing_is_a_causal_moving_average(one_thread):

@@ -7,9 +7,11 @@
 #
 # Data: the synthetic keyword corpus (synthesized first when data/synthetic is missing) plus,
 # when $SHARED/speech-commands-real exists (default ../shared/data), the real Speech Commands
-# clips split by speaker: 50% of the speakers for training (repeated 16x, 8 of the copies read
-# as recorded, without waveform augmentation), 10% for the dev set,
-# 40% held out for the accuracy figure and never trained on.
+# clips split by speaker: 50% + 10% of the speakers for training (repeated 16x, 8 of the copies
+# read as recorded, without waveform augmentation; the epoch is picked on the synthetic dev
+# voices), 40% held out for the accuracy figure and never trained on. REAL_DEV=dev keeps the
+# 10% out of training as a real dev set instead (the recipe before: fewer real speakers, see
+# recipes/synthetic/kws_speakers.sh for what each real speaker is worth).
 # Then: accuracy on the held-out real speakers and on the synthetic test voices, the FRR at
 # 0.5 false alarms per hour with a DET plot, keyword localisation on a long file of held-out
 # real clips, all written to $EXP/*.json. --install copies the model to kws/pretrained/crnn.pt, with
@@ -23,6 +25,8 @@ data=${DATA:-data/synthetic}
 shared=${SHARED:-../shared/data}
 work=${WORK:-data/kws}
 exp=${EXP:-exp/kws/default}
+real_dev=${REAL_DEV:-train}
+case $real_dev in train|dev) ;; *) echo "kws.sh: REAL_DEV must be train or dev, got '$real_dev'" >&2; exit 2 ;; esac
 
 [ -f "$data/manifests/kws/train.jsonl" ] || asr prepare synthetic --out "$data"
 [ -f "$data/manifests/kws/noise_train.jsonl" ] || kws prepare "$data/speech_commands" --out "$data/manifests/kws"
@@ -34,11 +38,12 @@ if [ -d "$shared/speech-commands-real" ]; then
     kws combine "$work/real_all/all.jsonl" "$work"/real_all/{train,valid,test}.jsonl
     kws split "$work/real_all/all.jsonl" --out "$work/real" --parts train=0.5,dev=0.1,test=0.4
     train+=("$work/real/train.jsonl:16:8")
-    dev+=("$work/real/dev.jsonl")
+    if [ "$real_dev" = train ]; then train+=("$work/real/dev.jsonl:16:8"); else dev+=("$work/real/dev.jsonl"); fi
 fi
 kws combine "$work/train.jsonl" "${train[@]}"
 kws combine "$work/dev.jsonl" "${dev[@]}"
 # background noise for augmentation: the synthetic corpus's, plus the real training speakers' silence clips
+# (those of the 50% part, whichever way REAL_DEV goes)
 noise=("$data/manifests/kws/noise_train.jsonl")
 [ -f "$work/real/train.jsonl" ] && noise+=("$work/real/train.jsonl")
 kws combine "$work/noise_train.jsonl" "${noise[@]}" --labels _silence_

@@ -28,6 +28,8 @@ mkdir -p "$cur" "$exp"
 words=_unknown_,yes,no,up,down,left,right,on,off,stop,go
 kws combine "$cur/people.jsonl" "$work/real/train.jsonl" --labels "$words" >/dev/null
 kws combine "$cur/silence.jsonl" "$work/real/train.jsonl" --labels _silence_ >/dev/null
+synthetic_dev="${DATA:-data/synthetic}/manifests/kws/valid.jsonl"
+kws combine "$cur/dev.jsonl" "$synthetic_dev" "$work/real/dev.jsonl" >/dev/null  # synthetic + real dev speakers
 # nested subsets: quarter = q1, half = q1 + q2, all = q1 + q2 + rest
 kws split "$cur/people.jsonl" --out "$cur" --parts q1=0.25,q2=0.25,rest=0.5
 : > "$cur/none.jsonl"
@@ -40,10 +42,10 @@ for s in "${subsets[@]}"; do
         *) echo "kws_speakers.sh: unknown subset '$s' (none, quarter, half, all, all+dev)" >&2; exit 2 ;; esac
     real=("$cur/silence.jsonl:16:8")
     [ -s "$cur/${s%+dev}.jsonl" ] && real+=("$cur/${s%+dev}.jsonl:16:8")
-    dev="$work/dev.jsonl"
-    if [ "$s" = all+dev ]; then
+    dev="$cur/dev.jsonl"
+    if [ "$s" = all+dev ]; then  # the data of kws.sh's default (in another order)
         real+=("$work/real/dev.jsonl:16:8")
-        dev="${DATA:-data/synthetic}/manifests/kws/valid.jsonl"
+        dev="$synthetic_dev"
         kws combine "$cur/all+dev.jsonl" "$cur/all.jsonl" "$work/real/dev.jsonl" >/dev/null
     fi
     kws combine "$cur/train_$s.jsonl" "${DATA:-data/synthetic}/manifests/kws/train.jsonl" "${real[@]}"
