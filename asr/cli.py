@@ -22,7 +22,7 @@ from pathlib import Path
 from asr.audio import AudioError
 from asr.config import ConfigError
 from asr.data.manifest import ManifestError
-from asr.utils import setup_logging
+from asr.utils import setup_logging, stdout_closed
 
 log = logging.getLogger("asr")
 
@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     except (AudioError, ManifestError, FileNotFoundError, ValueError) as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly
+        return stdout_closed()
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)
         return 130

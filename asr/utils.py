@@ -48,3 +48,17 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def stdout_closed() -> int:
+    """Exit status for a command whose reader went away (``cmd | head``): quietly stop writing.
+
+    Points stdout at the null device so that the interpreter's final flush cannot fail
+    again, and returns 141, the shell's status for a process ended by SIGPIPE.
+    """
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141

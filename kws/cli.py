@@ -26,7 +26,7 @@ from asr.audio import AudioError
 from asr.checkpoint import CheckpointError
 from asr.config import ConfigError
 from asr.data.manifest import ManifestError
-from asr.utils import atomic_open, setup_logging
+from asr.utils import atomic_open, setup_logging, stdout_closed
 
 log = logging.getLogger("kws")
 
@@ -409,5 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AudioError, ManifestError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"kws {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly
+        return stdout_closed()
     except KeyboardInterrupt:
         return 130

@@ -205,6 +205,21 @@ def test_detect_finds_the_keyword_of_a_one_second_clip(shared_data, tmp_path):
         assert fired == 0 if pad == 0 else fired >= len(right)  # without the pad one window cannot pass patience
 
 
+def test_detect_into_a_closed_pipe_stops_quietly(shared_data):
+    """`kws detect ... | head -1`: the reader goes away; no traceback, the shell's SIGPIPE status."""
+    import os
+
+    clips = sorted((shared_data / "speech-commands-real" / "yes").glob("*.wav"))[:3]
+    r, w = os.pipe()
+    os.close(r)  # every write to w now fails with EPIPE
+    try:
+        out = subprocess.run([sys.executable, "-m", "kws", "detect", *map(str, clips), "--threshold", "0.01"],
+                             stdout=w, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(w)
+    assert out.returncode == 141 and "Traceback" not in out.stderr, out.stderr
+
+
 def test_combine_repeats_and_marks_clean_copies(tmp_path):
     a = tmp_path / "real.jsonl"
     a.write_text("".join(json.dumps({"id": f"c{i}", "audio": "x.wav", "label": "yes"}) + "\n" for i in range(2)))
