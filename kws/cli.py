@@ -336,9 +336,10 @@ def run_curve(args) -> int:
     if len({r["speakers"] for r in rows if r["speakers"] > 0}) >= 2:
         fit = fit_log_curve([r["speakers"] for r in rows], [r["accuracy"] for r in rows])
         print(f"fit: accuracy = {100 * fit.intercept:.1f}% + {100 * fit.per_doubling:.1f} points * log2(speakers)")
-        if args.target is not None:
-            print(f"the fit reaches {100 * args.target:.0f}% at about {fit.speakers_for(args.target):.0f} "
-                  f"real training speakers")
+        need = fit.speakers_for(args.target) if args.target is not None else None
+        if need is not None:
+            print(f"the fit reaches {100 * args.target:.0f}% at about {need:.0f} real training speakers"
+                  if need != float("inf") else "the fit does not grow with more speakers")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(args.out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
