@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -56,8 +57,6 @@ def stdout_closed() -> int:
     Points stdout at the null device so that the interpreter's final flush cannot fail
     again, and returns 141, the shell's status for a process ended by SIGPIPE.
     """
-    import sys
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

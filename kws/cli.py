@@ -220,6 +220,7 @@ def run_detect(args) -> int:
 def run_evaluate(args) -> int:
     from asr.data.manifest import read_manifest
     from kws.curve import speaker_bootstrap
+    from kws.data import speaker_of_item
     from kws.evaluate import accuracy_report, classify_items, det_curve, localization
 
     detector = _detector(args)
@@ -228,7 +229,7 @@ def run_evaluate(args) -> int:
     probs, truth = classify_items(model, labels, items, args.batch_size)
     report = accuracy_report(probs, truth, labels)
     print(report.format())
-    speakers = [str(it.get("speaker", it["id"])) for it in items]
+    speakers = [speaker_of_item(it) for it in items]
     lo, hi = speaker_bootstrap((probs.argmax(-1) == truth).numpy(), speakers)
     groups = len(set(speakers))
     print(f"\n95% interval of the accuracy, resampling the {groups} speakers (a _silence_ clip is its own): "
@@ -281,6 +282,7 @@ def run_prepare(args) -> int:
 
 def run_split(args) -> int:
     from asr.data.manifest import read_manifest, write_manifest
+    from asr.data.speech_commands import SILENCE
     from kws.curve import count_speakers
     from kws.data import split_by_speaker
 
@@ -290,7 +292,7 @@ def run_split(args) -> int:
         raise ValueError(f"--parts: expected name=fraction,..., got {args.parts!r}") from None
     for name, items in split_by_speaker(read_manifest(args.manifest), parts, args.seed).items():
         path = write_manifest(args.out / f"{name}.jsonl", items)
-        silence = sum(it.get("label") == "_silence_" for it in items)
+        silence = sum(it.get("label") == SILENCE for it in items)
         print(f"{name}\t{path}\t{len(items)} clips\t{count_speakers(items)} speakers"
               + (f" (+ {silence} _silence_ clips, each split on its own)" if silence else ""))
     return 0
@@ -311,6 +313,7 @@ def run_combine(args) -> int:
 
 def run_curve(args) -> int:
     from asr.data.manifest import read_manifest
+    from asr.data.speech_commands import SILENCE
     from kws.curve import count_speakers, fit_log_curve, save_curve_plot
 
     rows = []
@@ -325,7 +328,7 @@ def run_curve(args) -> int:
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{result}: not a `kws evaluate --json` file ({e})") from None
         rows.append({"run": Path(result).parent.name, "speakers": count_speakers(items),
-                     "clips": sum(it.get("label") != "_silence_" for it in items), "accuracy": acc,
+                     "clips": sum(it.get("label") != SILENCE for it in items), "accuracy": acc,
                      "ci_low": float(lo), "ci_high": float(hi)})
     rows.sort(key=lambda r: r["speakers"])
     print("run\tspeakers\tclips\taccuracy\t95% interval")

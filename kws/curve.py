@@ -28,7 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
+from asr.data.speech_commands import SILENCE
 from asr.utils import atomic_open
+from kws.data import speaker_of_item
 
 __all__ = ["speaker_bootstrap", "bootstrap_accuracies", "count_speakers", "LogFit", "fit_log_curve",
            "save_curve_plot"]
@@ -72,7 +74,7 @@ def speaker_bootstrap(correct: np.ndarray, speakers: Sequence[str], level: float
 
 def count_speakers(items: Sequence[dict]) -> int:
     """Distinct ``speaker`` values of the items that are not ``_silence_`` (noise is no speaker)."""
-    return len({str(it.get("speaker", it["id"])) for it in items if it.get("label") != "_silence_"})
+    return len({speaker_of_item(it) for it in items if it.get("label") != SILENCE})
 
 
 @dataclass(frozen=True)

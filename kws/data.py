@@ -23,6 +23,11 @@ def _unit_hash(text: str) -> float:
     return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16) / float(16**12)
 
 
+def speaker_of_item(item: dict) -> str:
+    """The item's ``speaker`` field; an item without one is its own speaker (its id)."""
+    return str(item.get("speaker", item["id"]))
+
+
 def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: int = 0) -> dict[str, list[dict]]:
     """Split items so that no speaker is in two parts.
 
@@ -33,7 +38,7 @@ def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: i
     if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
         raise ValueError(f"fractions must be non-negative and not all zero, got {fractions}")
     total = sum(fractions.values())
-    speakers = sorted({str(it.get("speaker", it["id"])) for it in items}, key=lambda s: _unit_hash(f"{seed}:{s}"))
+    speakers = sorted({speaker_of_item(it) for it in items}, key=lambda s: _unit_hash(f"{seed}:{s}"))
     bounds, acc = [], 0.0
     for name, f in fractions.items():
         acc += f / total
@@ -45,7 +50,7 @@ def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: i
         start = end
     out: dict[str, list[dict]] = {name: [] for name in fractions}
     for it in items:
-        out[part_of[str(it.get("speaker", it["id"]))]].append(it)
+        out[part_of[speaker_of_item(it)]].append(it)
     return out
 
 

@@ -15,6 +15,7 @@
 # interval against training speakers, and a log-linear fit).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+data=${DATA:-data/synthetic}
 work=${WORK:-data/kws}
 exp=${EXP:-exp/kws/speakers}
 subsets=()
@@ -22,13 +23,13 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do subsets+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 [ ${#subsets[@]} -gt 0 ] || subsets=(none quarter half all)
 
-WORK=$work "$here/kws.sh" --prepare-only
+DATA=$data WORK=$work "$here/kws.sh" --prepare-only
 cur="$work/speakers"
 mkdir -p "$cur" "$exp"
 words=_unknown_,yes,no,up,down,left,right,on,off,stop,go
 kws combine "$cur/people.jsonl" "$work/real/train.jsonl" --labels "$words" >/dev/null
 kws combine "$cur/silence.jsonl" "$work/real/train.jsonl" --labels _silence_ >/dev/null
-synthetic_dev="${DATA:-data/synthetic}/manifests/kws/valid.jsonl"
+synthetic_dev="$data/manifests/kws/valid.jsonl"
 kws combine "$cur/dev.jsonl" "$synthetic_dev" "$work/real/dev.jsonl" >/dev/null  # synthetic + real dev speakers
 # nested subsets: quarter = q1, half = q1 + q2, all = q1 + q2 + rest
 kws split "$cur/people.jsonl" --out "$cur" --parts q1=0.25,q2=0.25,rest=0.5
@@ -48,7 +49,7 @@ for s in "${subsets[@]}"; do
         dev="$synthetic_dev"
         kws combine "$cur/all+dev.jsonl" "$cur/all.jsonl" "$work/real/dev.jsonl" >/dev/null
     fi
-    kws combine "$cur/train_$s.jsonl" "${DATA:-data/synthetic}/manifests/kws/train.jsonl" "${real[@]}"
+    kws combine "$cur/train_$s.jsonl" "$data/manifests/kws/train.jsonl" "${real[@]}"
     kws train --config "$here/conf/kws.yaml" out_dir="$exp/$s" data.train="$cur/train_$s.jsonl" \
         data.dev="$dev" data.noise_manifest="$work/noise_train.jsonl" "$@"
     kws evaluate --model "$exp/$s/best.pt" --manifest "$work/real/test.jsonl" --json "$exp/$s/eval_real.json"
