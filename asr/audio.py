@@ -29,6 +29,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from asr.errors import ToolkitError
 from asr.utils import atomic_open
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 _TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-class AudioError(RuntimeError):
+class AudioError(ToolkitError, RuntimeError):
     """A file could not be used as audio. ``path`` and ``reason`` are attributes."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -146,8 +147,10 @@ def read_audio(
     if data.shape[0] < frames:
         raise AudioError(path, f"truncated: header promises {frames} frames, only {data.shape[0]} could be read")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(mono).all():
-        raise AudioError(path, "contains NaN or infinite samples")
+    bad = np.flatnonzero(~np.isfinite(mono))
+    if bad.size:
+        raise AudioError(path, f"contains NaN or infinite samples, the first at {(start + bad[0]) / sr:.3f} s "
+                               f"(sample {start + bad[0]})")
     if sample_rate is not None and sr != sample_rate:
         mono = resample(mono, sr, sample_rate)
         sr = sample_rate
@@ -175,10 +178,12 @@ def iter_audio_blocks(
             while True:
                 data = f.read(block, dtype="float32", always_2d=True)
                 last = data.shape[0] < block
-                read += data.shape[0]
                 mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-                if not np.isfinite(mono).all():
-                    raise AudioError(path, f"contains NaN or infinite samples near {read / info.sample_rate:.2f} s")
+                bad = np.flatnonzero(~np.isfinite(mono))
+                if bad.size:
+                    raise AudioError(path, f"contains NaN or infinite samples, the first at "
+                                           f"{(read + bad[0]) / info.sample_rate:.3f} s (sample {read + bad[0]})")
+                read += data.shape[0]
                 if stream is not None:
                     mono = stream.resample_chunk(np.ascontiguousarray(mono), last=last)
                 if mono.size:

@@ -26,6 +26,8 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
+from asr.config import ConfigError
+
 __all__ = [
     "SpecAugment",
     "add_noise",
@@ -100,14 +102,14 @@ class SpecAugment(nn.Module):
     ):
         super().__init__()
         if freq_masks < 0 or time_masks < 0 or freq_width < 0:
-            raise ValueError("mask counts and widths must be >= 0")
+            raise ConfigError("mask counts and widths must be >= 0")
         if isinstance(time_width, float):
             if not 0.0 <= time_width <= 1.0:
-                raise ValueError(f"a float time_width is a fraction in [0, 1], got {time_width}")
+                raise ConfigError(f"a float time_width is a fraction in [0, 1], got {time_width}")
         elif time_width < 0:
-            raise ValueError(f"time_width must be >= 0, got {time_width}")
+            raise ConfigError(f"time_width must be >= 0, got {time_width}")
         if isinstance(fill, str) and fill != "mean":
-            raise ValueError(f"fill must be a number or 'mean', got {fill!r}")
+            raise ConfigError(f"fill must be a number or 'mean', got {fill!r}")
         self.freq_masks = int(freq_masks)
         self.freq_width = int(freq_width)
         self.time_masks = int(time_masks)

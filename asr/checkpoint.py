@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from asr.config import from_dict
+from asr.errors import ToolkitError, UsageError
 from asr.models import Family, get_family
 from asr.text import Tokenizer, tokenizer_from_state
 from asr.trainer_utils import is_fsdp, unwrap
@@ -43,7 +44,7 @@ FORMAT = 1
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ToolkitError, RuntimeError):
     """A checkpoint file is missing, unreadable or not in this toolkit's format; names the file."""
 
 
@@ -198,7 +199,7 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
     Sums are accumulated in float64 and cast back to each tensor's dtype.
     """
     if not paths:
-        raise ValueError("no checkpoints to average")
+        raise UsageError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
     last: dict = {}
     for path in paths:

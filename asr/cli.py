@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 from asr.audio import AudioError
-from asr.config import ConfigError
-from asr.data.manifest import ManifestError
-from asr.utils import setup_logging, stdout_closed
+from asr.errors import MissingFileError, UsageError, run_cli
 
 log = logging.getLogger("asr")
 
@@ -252,12 +250,12 @@ def run_lm(args: argparse.Namespace) -> int:
     texts: list[str] = []
     for path in args.text:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: text file not found")
+            raise MissingFileError(f"{path}: text file not found")
         texts += path.read_text(encoding="utf-8").splitlines()
     for path in args.manifest:
         texts += [it["text"] for it in read_manifest(path, needs_text=True) if "text" in it]
     if not texts:
-        raise ValueError("no text: give --text and/or --manifest")
+        raise UsageError("no text: give --text and/or --manifest")
     build_ngram(texts, order=args.order, path=args.out)
     print(args.out)
     return 0
@@ -287,8 +285,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_select(args: argparse.Namespace) -> int:
     from asr.active.select import SelectOptions, run_selection
-    from asr.checkpoint import CheckpointError
-
     opts = SelectOptions(
         pool=str(args.pool), budget=args.budget, out=str(args.out), strategy=args.strategy,
         model=str(args.model or ""), nbest=args.nbest, batch_size=args.batch_size, scores=str(args.scores or ""),
@@ -296,11 +292,7 @@ def run_select(args: argparse.Namespace) -> int:
         diversity=args.diversity, candidates=args.candidates, params=list(args.params), shard_size=args.shard_size,
         max_shards=args.max_shards, device=args.device, progress=True,
     )
-    try:
-        summary = run_selection(opts)
-    except CheckpointError as e:
-        print(f"asr select: error: {e}", file=sys.stderr)
-        return 2
+    summary = run_selection(opts)
     for key, value in summary.items():
         print(f"{key}\t{value}")
     return 0
@@ -368,15 +360,4 @@ COMMANDS = {"prepare": run_prepare, "download": run_download, "train": run_train
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        return COMMANDS[args.command](args)
-    except (AudioError, ManifestError, FileNotFoundError, ValueError) as e:
-        print(f"asr {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly
-        return stdout_closed()
-    except KeyboardInterrupt:
-        print(f"asr {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_cli("asr", build_parser(), COMMANDS, argv)

@@ -27,10 +27,12 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from asr.errors import ToolkitError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ToolkitError, ValueError):
     """A config value or key is wrong; the message names the source and the key."""
 
 

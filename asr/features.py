@@ -42,6 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
+from asr.config import ConfigError
+from asr.errors import UsageError
+
 CPU_BLOCK_FRAMES = 1024  # frames per FFT block on CPU (cache-sized)
 
 __all__ = ["FeatureConfig", "FeatureExtractor", "StreamingFeatureExtractor", "GlobalCMVN", "compute_cmvn_stats"]
@@ -108,9 +111,9 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.config = c = config or FeatureConfig()
         if c.kind not in ("logmel", "mfcc", "pcen"):
-            raise ValueError(f"unknown feature kind {c.kind!r} (logmel, mfcc or pcen)")
+            raise ConfigError(f"unknown feature kind {c.kind!r} (logmel, mfcc or pcen)")
         if c.win_length > c.fft_size:
-            raise ValueError(f"n_fft={c.fft_size} is shorter than the window ({c.win_length} samples)")
+            raise ConfigError(f"n_fft={c.fft_size} is shorter than the window ({c.win_length} samples)")
         self.register_buffer("window", torch.hann_window(c.win_length, periodic=True), persistent=False)
         fb = AF.melscale_fbanks(
             c.fft_size // 2 + 1, c.f_min, c.f_max or c.sample_rate / 2, c.n_mels, c.sample_rate,
@@ -283,7 +286,7 @@ def compute_cmvn_stats(
         total_sq += (f * f).sum(0)
         count += f.shape[0]
     if count == 0:
-        raise ValueError("no frames to compute normalisation statistics from")
+        raise UsageError("no frames to compute normalisation statistics from")
     mean = total / count
     var = (total_sq / count - mean**2).clamp(min=0)
     return mean.float(), var.sqrt().float(), count

@@ -23,6 +23,9 @@ import re
 import unicodedata
 from typing import Iterable
 
+from asr.config import ConfigError
+from asr.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 BLANK, UNK, EOS = "<blank>", "<unk>", "<sos/eos>"
@@ -119,7 +122,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.model_proto = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.eos_id()) != (0, 1, 2):
-            raise ValueError("SentencePiece model must use pad=0 (<blank>), unk=1, eos=2")
+            raise UsageError("SentencePiece model must use pad=0 (<blank>), unk=1, eos=2")
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, model_type: str = "bpe") -> "SentencePieceTokenizer":
@@ -128,7 +131,7 @@ class SentencePieceTokenizer(Tokenizer):
 
         sentences = [t for t in (normalize_text(x) for x in texts) if t]
         if not sentences:
-            raise ValueError("no text to train a SentencePiece model on")
+            raise UsageError("no text to train a SentencePiece model on")
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
@@ -161,7 +164,7 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
         return CharTokenizer(state["symbols"])
     if kind == "sentencepiece":
         return SentencePieceTokenizer(state["model_proto"])
-    raise ValueError(f"unknown tokenizer kind {kind!r}")
+    raise ConfigError(f"unknown tokenizer kind {kind!r}")
 
 
 def build_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 256) -> Tokenizer:
@@ -170,4 +173,4 @@ def build_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 256) -> T
         return CharTokenizer.from_texts(texts)
     if kind in ("bpe", "unigram"):
         return SentencePieceTokenizer.train(texts, vocab_size, model_type=kind)
-    raise ValueError(f"unknown tokenizer kind {kind!r} (char, bpe or unigram)")
+    raise ConfigError(f"unknown tokenizer kind {kind!r} (char, bpe or unigram)")

@@ -41,7 +41,8 @@ from asr.checkpoint import (
     model_state, optimizer_state, prune_epoch_checkpoints, remove_stale_temporaries, rng_state, save_checkpoint,
     set_rng_state,
 )
-from asr.config import to_dict
+from asr.config import ConfigError, to_dict
+from asr.errors import ToolkitError
 from asr.models import Family, get_family
 from asr.train_config import DataConfig, OptimConfig, TrainConfig
 from asr.train_data import TrainData, build_data, compute_model_cmvn, evaluate
@@ -58,7 +59,7 @@ __all__ = [  # checkpoint readers re-exported for `asr transcribe` / `asr evalua
 ]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ToolkitError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses); the message says why."""
 
 
@@ -460,9 +461,9 @@ def _check_config(config: TrainConfig) -> None:
     choices = {"amp": ("none", "fp16", "bf16"), "early_stop_metric": ("loss", "error"), "distributed": ("ddp", "fsdp")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
-            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
     if config.optim.accum_steps < 1:
-        raise ValueError(f"optim.accum_steps must be >= 1, got {config.optim.accum_steps}")
+        raise ConfigError(f"optim.accum_steps must be >= 1, got {config.optim.accum_steps}")
 
 
 def _f(v: float | None) -> str:

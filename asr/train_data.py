@@ -15,11 +15,13 @@ import jiwer
 import torch
 import torch.nn as nn
 
+from asr.config import ConfigError
 from asr.audio import AudioError, read_audio
 from asr.augment import WaveformAugment
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.data.manifest import read_manifest
 from asr.data.sampler import DurationBucketSampler
+from asr.errors import UsageError
 from asr.features import compute_cmvn_stats
 from asr.models import Family
 from asr.text import Tokenizer, build_tokenizer, normalize_text, tokenizer_from_state
@@ -71,7 +73,7 @@ def _filter_durations(items: list[dict], cfg: DataConfig, is_main: bool) -> list
         log.info("dropped %d of %d training utterances outside [%g, %s] s", len(items) - len(kept), len(items),
                  cfg.min_duration, cfg.max_duration if cfg.max_duration > 0 else "inf")
     if not kept:
-        raise ValueError(f"{cfg.train}: no training utterances left after the duration filter")
+        raise UsageError(f"{cfg.train}: no training utterances left after the duration filter")
     return kept
 
 
@@ -82,9 +84,9 @@ def _targets(config: TrainConfig, family: Family, items: list[dict], resume: dic
     if cfg.labels or family.targets == "labels":
         labels = list(cfg.labels) or sorted({it["label"] for it in items if "label" in it})
         if resume is not None and resume.get("labels") and list(resume["labels"]) != labels:
-            raise ValueError(f"data.labels {labels} differ from the checkpoint's {resume['labels']}")
+            raise UsageError(f"data.labels {labels} differ from the checkpoint's {resume['labels']}")
         if not labels:
-            raise ValueError(f"family {family.name!r} needs class labels: set data.labels or give items a 'label'")
+            raise ConfigError(f"family {family.name!r} needs class labels: set data.labels or give items a 'label'")
         if is_main and not cfg.labels:
             log.info("class labels from the training manifest: %s", ", ".join(labels))
         return None, labels
@@ -110,7 +112,7 @@ def _noises(cfg: DataConfig, sample_rate: int) -> list[torch.Tensor]:
                 raise
             log.warning("skipping noise %s: %s", e.path, e.reason)
     if not noises:
-        raise ValueError(f"{cfg.noise_manifest}: no readable noise recordings")
+        raise UsageError(f"{cfg.noise_manifest}: no readable noise recordings")
     return noises
 
 
@@ -134,7 +136,7 @@ def build_augment(cfg: DataConfig, sample_rate: int) -> WaveformAugment | None:
 
 def _sampler(durations: list[float], cfg: DataConfig, seed: int, ctx: DistContext, train: bool) -> DurationBucketSampler:
     if cfg.batch_size <= 0 and cfg.max_batch_seconds <= 0:
-        raise ValueError("set data.batch_size, data.max_batch_seconds or both")
+        raise ConfigError("set data.batch_size, data.max_batch_seconds or both")
     return DurationBucketSampler(
         durations, batch_size=cfg.batch_size or None, max_batch_seconds=cfg.max_batch_seconds or None,
         num_buckets=cfg.num_buckets, shuffle=cfg.shuffle and train, seed=seed, sortagrad=cfg.sortagrad and train,
@@ -146,7 +148,7 @@ def build_data(config: TrainConfig, family: Family, ctx: DistContext, resume: di
     """Read the manifests and build targets, datasets (train with augmentation) and samplers."""
     cfg = config.data
     if not cfg.train:
-        raise ValueError("data.train (the training manifest) is not set")
+        raise ConfigError("data.train (the training manifest) is not set")
     sr = config.model.features.sample_rate
     train_items = _filter_durations(read_manifest(cfg.train, skip_bad=cfg.skip_bad, needs_text=True), cfg, ctx.is_main)
     tokenizer, labels = _targets(config, family, train_items, resume, ctx.is_main)

@@ -31,6 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from asr.config import ConfigError
+from asr.errors import UsageError
+
 log = logging.getLogger("asr.train")
 
 SCHEDULES = ("noam", "warmup_cosine", "warmup_linear", "constant")
@@ -69,9 +72,9 @@ def launched_distributed() -> bool:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` -> a device (``cuda:<local_rank>`` on GPU machines)."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {preference!r}")
+        raise UsageError(f"device must be auto, cpu or cuda, got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available")
+        raise UsageError("device=cuda was asked for but CUDA is not available")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -154,7 +157,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, kind: str) -> nn.Module:
             if any(p.requires_grad for p in child.parameters()):
                 fully_shard(child)
         return fully_shard(model)
-    raise ValueError(f"distributed must be ddp or fsdp, got {kind!r}")
+    raise ConfigError(f"distributed must be ddp or fsdp, got {kind!r}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -216,7 +219,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         return torch.optim.Adam(groups, lr=lr, betas=betas)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r} (one of {', '.join(OPTIMIZERS)})")
+    raise ConfigError(f"unknown optimizer {name!r} (one of {', '.join(OPTIMIZERS)})")
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -238,14 +241,14 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int, min_ratio: floa
         progress = min(1.0, max(0.0, (s - warmup) / span))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "warmup_cosine" else 1 - progress
         return min_ratio + (1 - min_ratio) * shape
-    raise ValueError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
+    raise ConfigError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: int, total: int,
                     min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over :func:`lr_factor` (its state dict holds plain numbers only)."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
+        raise ConfigError(f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(schedule, step, warmup, total, min_ratio)
     )

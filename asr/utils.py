@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -49,15 +48,3 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-
-
-def stdout_closed() -> int:
-    """Exit status for a command whose reader went away (``cmd | head``): quietly stop writing.
-
-    Points stdout at the null device so that the interpreter's final flush cannot fail
-    again, and returns 141, the shell's status for a process ended by SIGPIPE.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return 141

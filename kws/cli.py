@@ -23,10 +23,8 @@ import sys
 from pathlib import Path
 
 from asr.audio import AudioError
-from asr.checkpoint import CheckpointError
-from asr.config import ConfigError
-from asr.data.manifest import ManifestError
-from asr.utils import atomic_open, setup_logging, stdout_closed
+from asr.errors import UsageError, run_cli
+from asr.utils import atomic_open
 
 log = logging.getLogger("kws")
 
@@ -289,7 +287,7 @@ def run_split(args) -> int:
     try:
         parts = {k.strip(): float(v) for k, v in (p.split("=") for p in args.parts.split(","))}
     except ValueError:
-        raise ValueError(f"--parts: expected name=fraction,..., got {args.parts!r}") from None
+        raise UsageError(f"--parts: expected name=fraction,..., got {args.parts!r}") from None
     for name, items in split_by_speaker(read_manifest(args.manifest), parts, args.seed).items():
         path = write_manifest(args.out / f"{name}.jsonl", items)
         silence = sum(it.get("label") == SILENCE for it in items)
@@ -320,13 +318,13 @@ def run_curve(args) -> int:
     for spec in args.runs:
         manifest, sep, result = spec.partition("=")
         if not sep or not manifest or not result:
-            raise ValueError(f"expected MANIFEST=EVAL.json, got {spec!r}")
+            raise UsageError(f"expected MANIFEST=EVAL.json, got {spec!r}")
         items = read_manifest(manifest) if Path(manifest).stat().st_size else []
         try:
             ev = json.loads(Path(result).read_text())
             acc, (lo, hi) = float(ev["accuracy"]), ev.get("accuracy_ci95", (float("nan"), float("nan")))
         except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{result}: not a `kws evaluate --json` file ({e})") from None
+            raise UsageError(f"{result}: not a `kws evaluate --json` file ({e})") from None
         rows.append({"run": Path(result).parent.name, "speakers": count_speakers(items),
                      "clips": sum(it.get("label") != SILENCE for it in items), "accuracy": acc,
                      "ci_low": float(lo), "ci_high": float(hi)})
@@ -392,7 +390,7 @@ def run_export(args) -> int:
     if args.threshold_from is not None:
         threshold = json.loads(args.threshold_from.read_text()).get("threshold_at_0_5_fa_per_hour")
         if threshold is None or threshold != threshold:
-            raise ValueError(f"{args.threshold_from}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
+            raise UsageError(f"{args.threshold_from}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
     extra = {"detector": {"threshold": float(threshold)}} if threshold is not None else None
     size = export_checkpoint(args.checkpoint, args.out, extra, transform=without_letter_head)
     model, labels = load_detector_model(args.out)  # checks that it loads as a keyword spotter
@@ -406,14 +404,4 @@ COMMANDS = {"detect": run_detect, "train": run_train, "evaluate": run_evaluate, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        return COMMANDS[args.command](args)
-    except (AudioError, ManifestError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"kws {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly
-        return stdout_closed()
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("kws", build_parser(), COMMANDS, argv)

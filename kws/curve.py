@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from asr.data.speech_commands import SILENCE
+from asr.errors import UsageError
 from asr.utils import atomic_open
 from kws.data import speaker_of_item
 
@@ -42,7 +43,7 @@ def _groups(correct: np.ndarray, speakers: Sequence[str]) -> tuple[np.ndarray, n
     if len(correct) != len(speakers):
         raise ValueError(f"{len(correct)} results but {len(speakers)} speakers")
     if len(correct) == 0:
-        raise ValueError("no clips to resample")
+        raise UsageError("no clips to resample")
     _, idx = np.unique(np.asarray(speakers, dtype=str), return_inverse=True)
     return np.bincount(idx, weights=correct), np.bincount(idx).astype(np.float64)
 
@@ -100,7 +101,7 @@ def fit_log_curve(speakers: Sequence[float], accuracy: Sequence[float]) -> LogFi
     y = np.asarray(accuracy, dtype=np.float64)
     keep = x > 0
     if keep.sum() < 2 or len(np.unique(x[keep])) < 2:
-        raise ValueError("a log-linear fit needs runs with at least two different speaker counts above zero")
+        raise UsageError("a log-linear fit needs runs with at least two different speaker counts above zero")
     slope, intercept = np.polyfit(np.log2(x[keep]), y[keep], 1)
     return LogFit(float(intercept), float(slope))
 

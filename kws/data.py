@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asr.data.manifest import read_manifest, write_manifest
+from asr.errors import UsageError
 
 
 def _unit_hash(text: str) -> float:
@@ -36,7 +37,7 @@ def split_by_speaker(items: Sequence[dict], fractions: dict[str, float], seed: i
     ``speaker`` field are their own speaker. Deterministic for a given seed.
     """
     if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
-        raise ValueError(f"fractions must be non-negative and not all zero, got {fractions}")
+        raise UsageError(f"fractions must be non-negative and not all zero, got {fractions}")
     total = sum(fractions.values())
     speakers = sorted({speaker_of_item(it) for it in items}, key=lambda s: _unit_hash(f"{seed}:{s}"))
     bounds, acc = [], 0.0
@@ -67,14 +68,14 @@ def combine_manifests(out: str | os.PathLike, sources: Sequence[tuple],
     for path, repeat, *rest in sources:
         clean = int(rest[0]) if rest else 0
         if repeat < 1:
-            raise ValueError(f"{path}: repeat must be >= 1, got {repeat}")
+            raise UsageError(f"{path}: repeat must be >= 1, got {repeat}")
         if not 0 <= clean <= repeat:
-            raise ValueError(f"{path}: clean copies must be between 0 and the repeat {repeat}, got {clean}")
+            raise UsageError(f"{path}: clean copies must be between 0 and the repeat {repeat}, got {clean}")
         for it in read_manifest(path):
             if labels is not None and "label" in it and it["label"] not in labels:
                 continue
             if it["id"] in seen:
-                raise ValueError(f"{path}: id {it['id']!r} also appears in an earlier manifest")
+                raise UsageError(f"{path}: id {it['id']!r} also appears in an earlier manifest")
             seen.add(it["id"])
             copies = [it] + [dict(it, id=f"{it['id']}#{k}") for k in range(1, repeat)]
             items += [dict(c, augment=False) if k >= repeat - clean else c for k, c in enumerate(copies)]

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from asr.audio import iter_audio_blocks
+from asr.errors import MissingFileError, UsageError
 
 NON_KEYWORDS = ("_silence_", "_unknown_")
 
@@ -150,7 +151,7 @@ class Detector:
             keywords = [l for l in self.labels if l not in NON_KEYWORDS]
         missing = [k for k in keywords if k not in self.labels]
         if missing:
-            raise ValueError(f"keyword(s) {', '.join(missing)} not known to the model (it knows {', '.join(self.labels)})")
+            raise UsageError(f"keyword(s) {', '.join(missing)} not known to the model (it knows {', '.join(self.labels)})")
         self.keywords = list(keywords)
         self.keyword_index = torch.tensor([self.labels.index(k) for k in self.keywords])
         fc = model.frontend.features.config
@@ -306,7 +307,7 @@ def load_detector(path: str | os.PathLike | None = None, device: str = "cpu"):
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         hint = " (the package was installed without its default model; pass --model)" if path == DEFAULT_MODEL else ""
-        raise FileNotFoundError(f"{path}: model file not found{hint}")
+        raise MissingFileError(f"{path}: model file not found{hint}")
     model, family, labels, _ = load_model(path, device=device)
     if family.name != "crnn" or not isinstance(labels, list):
         raise CheckpointError(f"{path}: a {family.name!r} model, not a keyword spotter (crnn)")

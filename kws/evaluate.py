@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from asr.audio import iter_audio_blocks
 from asr.data.dataset import AudioDataset, collate_batch
+from asr.errors import UsageError
 from asr.utils import atomic_open
 from kws.detect import Detector, DetectorConfig, Event, _EventLogic
 
@@ -146,12 +147,12 @@ def det_curve(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, labe
     kw = [labels.index(k) for k in detector.keywords]
     is_kw = torch.isin(truth, torch.tensor(kw))
     if not is_kw.any():
-        raise ValueError("no keyword clips to measure false rejections on")
+        raise UsageError("no keyword clips to measure false rejections on")
     own = probs[is_kw, truth[is_kw]].numpy()
     frr = np.array([(own < t).mean() for t in thresholds])
     scores, hours = stream_scores(detector, negatives, progress)
     if hours <= 0:
-        raise ValueError("the keyword-free recordings are empty")
+        raise UsageError("the keyword-free recordings are empty")
     fa = np.array([count_events(detector, scores, float(t)) / hours for t in thresholds])
     return DETCurve(thresholds, frr, fa, hours)
 

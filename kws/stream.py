@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 from asr.audio import read_audio
+from asr.errors import UsageError
 from asr.utils import atomic_open
 
 
@@ -53,7 +54,7 @@ def build_stream(items: Sequence[dict], out: str | os.PathLike, keywords: Sequen
         snr: speech-to-noise ratio in dB of the noise under and between the clips, drawn per clip.
     """
     if not items:
-        raise ValueError("no clips to build a recording from")
+        raise UsageError("no clips to build a recording from")
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     noise_bank = [n.numpy().astype(np.float32) for n in noises if n.numel() > sample_rate // 10]

@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.errors import UsageError
+
 Tensors = tuple[torch.Tensor, ...]
 
 
@@ -163,5 +165,5 @@ def select_parameters(model: nn.Module, prefixes: Sequence[str] | None = None) -
     if prefixes:
         names = [n for n in names if any(n.startswith(p) for p in prefixes)]
     if not names:
-        raise ValueError(f"no trainable parameter matches {list(prefixes or [])}")
+        raise UsageError(f"no trainable parameter matches {list(prefixes or [])}")
     return names

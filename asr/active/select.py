@@ -37,6 +37,7 @@ from asr.active.selection import parse_budget, select
 from asr.active.strategies import STRATEGIES, make_scorer
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.data.manifest import read_manifest, write_manifest
+from asr.errors import MissingFileError, UsageError
 from asr.trainer_utils import cleanup_distributed, setup_distributed
 from asr.utils import atomic_open, atomic_save
 
@@ -93,14 +94,14 @@ def _run_tag(opts: SelectOptions, needs_model: bool) -> str:
 
 def _check(opts: SelectOptions) -> None:
     if opts.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {opts.strategy!r} (one of {', '.join(STRATEGIES)})")
+        raise UsageError(f"unknown strategy {opts.strategy!r} (one of {', '.join(STRATEGIES)})")
     if opts.diversity not in ("none", "kcenter"):
-        raise ValueError(f"diversity must be none or kcenter, got {opts.diversity!r}")
+        raise UsageError(f"diversity must be none or kcenter, got {opts.diversity!r}")
     for name in ("batch_size", "shard_size", "nbest"):
         if getattr(opts, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(opts, name)}")
+            raise UsageError(f"{name} must be >= 1, got {getattr(opts, name)}")
     if opts.model and not Path(opts.model).is_file():
-        raise FileNotFoundError(f"{opts.model}: model checkpoint not found")
+        raise MissingFileError(f"{opts.model}: model checkpoint not found")
 
 
 @torch.no_grad()
@@ -153,11 +154,11 @@ def run_selection(opts: SelectOptions) -> dict:
     budget = parse_budget(opts.budget)
     pool = read_manifest(opts.pool)
     if not pool:
-        raise ValueError(f"{opts.pool}: the pool manifest is empty")
+        raise UsageError(f"{opts.pool}: the pool manifest is empty")
     scores_path, work = _paths(opts)
     needs_model = opts.strategy != "random" or opts.diversity == "kcenter"
     if needs_model and not opts.model:
-        raise ValueError(f"strategy {opts.strategy!r}" + (" with kcenter" if opts.strategy == "random" else "")
+        raise UsageError(f"strategy {opts.strategy!r}" + (" with kcenter" if opts.strategy == "random" else "")
                          + " needs --model")
     ctx = setup_distributed(opts.device)
     try:

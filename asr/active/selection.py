@@ -29,6 +29,8 @@ from typing import Sequence
 
 import torch
 
+from asr.errors import UsageError
+
 log = logging.getLogger("asr.active")
 
 
@@ -51,12 +53,12 @@ def parse_budget(text: str) -> Budget:
     """
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(h?)\s*", str(text))
     if not m:
-        raise ValueError(f"budget must be a number of utterances (500) or hours (2.5h), got {text!r}")
+        raise UsageError(f"budget must be a number of utterances (500) or hours (2.5h), got {text!r}")
     amount, unit = float(m.group(1)), "hours" if m.group(2) else "utterances"
     if unit == "utterances" and amount != int(amount):
-        raise ValueError(f"a budget in utterances must be a whole number, got {text!r}")
+        raise UsageError(f"a budget in utterances must be a whole number, got {text!r}")
     if amount <= 0:
-        raise ValueError(f"budget must be positive, got {text!r}")
+        raise UsageError(f"budget must be positive, got {text!r}")
     return Budget(amount, unit)
 
 
@@ -105,7 +107,7 @@ def select(items: Sequence[dict], budget: Budget, max_per_speaker: int = 0, dive
         candidates: with ``kcenter``, the candidate set is this many budgets of the best-ranked items.
     """
     if diversity not in ("none", "kcenter"):
-        raise ValueError(f"diversity must be none or kcenter, got {diversity!r}")
+        raise UsageError(f"diversity must be none or kcenter, got {diversity!r}")
     total = sum(budget.cost(it) for it in items)
     if total <= budget.amount:
         log.warning("the budget (%g %s) covers the whole pool (%g %s): selecting everything",

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from asr.active.select import SelectOptions, run_selection
-from asr.config import ConfigError, dump_config, load_config
+from asr.config import dump_config, load_config
 from asr.data.manifest import read_manifest, write_manifest
+from asr.errors import ToolkitError, UsageError
 from asr.train_config import TrainConfig
 from asr.utils import atomic_open, setup_logging
 
@@ -64,7 +65,7 @@ class SimConfig:
 def _split(cfg: SimConfig, seed: int) -> tuple[list[dict], list[dict]]:
     items = read_manifest(cfg.corpus, needs_text=True)
     if cfg.seed_items + cfg.pool_items > len(items):
-        raise ValueError(f"{cfg.corpus}: {len(items)} utterances, fewer than seed_items + pool_items "
+        raise UsageError(f"{cfg.corpus}: {len(items)} utterances, fewer than seed_items + pool_items "
                          f"({cfg.seed_items} + {cfg.pool_items})")
     random.Random(seed).shuffle(items)
     return items[: cfg.seed_items], items[cfg.seed_items : cfg.seed_items + cfg.pool_items]
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(SimConfig, args.config, args.overrides)
         rows = simulate(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except ToolkitError as e:
         print(f"asr.active.simulate: error: {e}", file=sys.stderr)
         return 2
     for strategy, points in summarize(rows).items():  # WER (%) per round: labeled hours, mean ± std

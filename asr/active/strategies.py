@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from asr.decode.hypothesis import NBest
+from asr.errors import UsageError
 
 STRATEGIES = ("random", "confidence", "entropy", "egl")
 
@@ -120,13 +121,13 @@ def make_scorer(strategy: str, model: nn.Module | None = None, family: str = "",
     The model is put in eval mode (no dropout, no SpecAugment).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+        raise UsageError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     if strategy == "random":
         return lambda batch: random_scores(batch["ids"], seed)
     if model is None:
-        raise ValueError(f"strategy {strategy!r} needs a model")
+        raise UsageError(f"strategy {strategy!r} needs a model")
     if nbest < 1:
-        raise ValueError(f"nbest must be >= 1, got {nbest}")
+        raise UsageError(f"nbest must be >= 1, got {nbest}")
     model.eval()
     if strategy in ("confidence", "entropy"):
         fn = confidence_scores if strategy == "confidence" else entropy_scores

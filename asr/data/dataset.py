@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import AudioError, read_audio
+from asr.errors import UsageError
 from asr.text import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.label_index is not None:
             label = item.get("label")
             if label not in self.label_index:
-                raise ValueError(f"item {item['id']!r} ({item['audio']}): label {label!r} is not one of {list(self.label_index)}")
+                raise UsageError(f"item {item['id']!r} ({item['audio']}): label {label!r} is not one of {list(self.label_index)}")
             out["label"] = self.label_index[label]
         return out
 

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from asr.data.librispeech import SUBSETS as LIBRISPEECH_SUBSETS
+from asr.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ _CHUNK = 1 << 20
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ToolkitError, RuntimeError):
     """A download failed. The message names the URL and the file."""
 
 
@@ -80,7 +81,7 @@ class ChecksumError(DownloadError):
     """A downloaded file does not match its expected checksum (the file is deleted)."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(ToolkitError, ValueError):
     """An archive member would be written outside the target folder."""
 
 

@@ -10,7 +10,7 @@ Example:
     >>> root = tempfile.mkdtemp()
     >>> prepare_librispeech(root, root)  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    FileNotFoundError: ...: no LibriSpeech subsets found
+    asr.errors.MissingFileError: ...: no LibriSpeech subsets found
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from asr.audio import audio_info
 from asr.data.manifest import ManifestError, write_manifest
+from asr.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def find_librispeech_dir(root: str | os.PathLike) -> Path:
     """Return the folder holding the subsets: ``root`` itself or ``root/LibriSpeech``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: LibriSpeech folder not found")
+        raise MissingFileError(f"{root}: LibriSpeech folder not found")
     inner = root / "LibriSpeech"
     if inner.is_dir() and not list_subsets(root):
         return inner
@@ -149,7 +150,7 @@ def prepare_librispeech(
     base = find_librispeech_dir(root)
     found = list_subsets(base)
     if not found:
-        raise FileNotFoundError(f"{base}: no LibriSpeech subsets found "
+        raise MissingFileError(f"{base}: no LibriSpeech subsets found "
                                 f"(expected <subset>/<speaker>/<chapter>/*{TRANS_SUFFIX})")
     if subsets is None:
         subsets = found
@@ -157,7 +158,7 @@ def prepare_librispeech(
         subsets = [subsets]
     missing = [s for s in subsets if s not in found]
     if missing:
-        raise FileNotFoundError(f"{base}: subset(s) {', '.join(missing)} not found; present: {', '.join(found)}")
+        raise MissingFileError(f"{base}: subset(s) {', '.join(missing)} not found; present: {', '.join(found)}")
     out_dir = Path(out_dir)
     paths = {}
     for subset in subsets:

@@ -24,12 +24,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from asr.errors import ToolkitError
 from asr.utils import atomic_open
 
 log = logging.getLogger(__name__)
 
 
-class ManifestError(ValueError):
+class ManifestError(ToolkitError, ValueError):
     """A manifest line is malformed. The message names the file and the line."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, reason: str):

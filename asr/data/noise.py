@@ -11,6 +11,7 @@ import numpy as np
 
 from asr.data.sentences import generate_sentences
 from asr.data.tts import Speaker, synthesize, trim_silence
+from asr.errors import UsageError
 
 __all__ = ["make_noise", "NOISE_KINDS"]
 
@@ -91,10 +92,10 @@ def make_noise(kind: str, seconds: float, rng: np.random.Generator, sample_rate:
         x = _fan(n, rng, sample_rate)
     elif kind == "babble":
         if not talkers:
-            raise ValueError("babble noise needs talkers")
+            raise UsageError("babble noise needs talkers")
         x = _babble(n, rng, sample_rate, talkers)
     else:
-        raise ValueError(f"unknown noise kind {kind!r}; choose from {NOISE_KINDS}")
+        raise UsageError(f"unknown noise kind {kind!r}; choose from {NOISE_KINDS}")
     x = x * (10 ** (rng.uniform(-28.0, -18.0) / 20) / (np.sqrt(np.mean(x ** 2)) + 1e-12))
     peak = float(np.max(np.abs(x)))
     if peak > 0.99:

@@ -24,6 +24,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from asr.config import ConfigError
+from asr.errors import UsageError
+
 
 class DurationBucketSampler(torch.utils.data.Sampler):
     def __init__(
@@ -40,14 +43,14 @@ class DurationBucketSampler(torch.utils.data.Sampler):
         drop_last: bool = False,
     ):
         if batch_size is None and max_batch_seconds is None:
-            raise ValueError("give batch_size, max_batch_seconds or both")
+            raise ConfigError("give batch_size, max_batch_seconds or both")
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
             rank = rank if rank is not None else (dist.get_rank() if ready else 0)
             world_size = world_size if world_size is not None else (dist.get_world_size() if ready else 1)
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
+            raise UsageError(f"rank {rank} outside world size {world_size}")
         self.durations = [float(d) for d in durations]
         self.batch_size, self.max_batch_seconds = batch_size, max_batch_seconds
         self.num_buckets, self.shuffle, self.seed, self.sortagrad = num_buckets, shuffle, seed, sortagrad

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from asr.audio import audio_info
 from asr.data.manifest import write_manifest
+from asr.errors import MissingFileError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,13 @@ class _Clip:
 
 def _check_args(protocol: int, silence_fraction: float, unknown_fraction: float | None, clip_seconds: float) -> None:
     if protocol not in (12, 35):
-        raise ValueError(f"protocol must be 12 or 35, got {protocol!r}")
+        raise UsageError(f"protocol must be 12 or 35, got {protocol!r}")
     if not silence_fraction >= 0:
-        raise ValueError(f"silence_fraction must be >= 0, got {silence_fraction!r}")
+        raise UsageError(f"silence_fraction must be >= 0, got {silence_fraction!r}")
     if unknown_fraction is not None and not unknown_fraction >= 0:
-        raise ValueError(f"unknown_fraction must be None or >= 0, got {unknown_fraction!r}")
+        raise UsageError(f"unknown_fraction must be None or >= 0, got {unknown_fraction!r}")
     if not clip_seconds > 0:
-        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds!r}")
+        raise UsageError(f"clip_seconds must be > 0, got {clip_seconds!r}")
 
 
 def _scan_words(root: Path) -> list[_Clip]:
@@ -151,7 +152,7 @@ def _split_lists(root: Path) -> tuple[set[str], set[str]] | None:
     test = _read_list(tpath) if tpath.is_file() else set()
     both = valid & test
     if both:
-        raise ValueError(f"{tpath}: {len(both)} clip(s) also appear in {vpath}, e.g. {sorted(both)[0]}")
+        raise UsageError(f"{tpath}: {len(both)} clip(s) also appear in {vpath}, e.g. {sorted(both)[0]}")
     return valid, test
 
 
@@ -340,10 +341,10 @@ def prepare_speech_commands(
     _check_args(protocol, silence_fraction, unknown_fraction, clip_seconds)
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: Speech Commands folder not found")
+        raise MissingFileError(f"{root}: Speech Commands folder not found")
     clips = _scan_words(root)
     if not clips:
-        raise ValueError(f"{root}: no <word>/*.wav clips found; is this a Speech Commands folder?")
+        raise UsageError(f"{root}: no <word>/*.wav clips found; is this a Speech Commands folder?")
     if protocol == 35:
         extra = sorted({c.word for c in clips} - set(ALL_WORDS_35))
         if extra:

@@ -60,6 +60,7 @@ from asr.data.noise import NOISE_KINDS, make_noise, noise_names
 from asr.data.sentences import generate_sentences, normalize_transcript
 from asr.data.tts import (ESPEAK_VOICES, FLITE_VOICES, SPLITS, Speaker, flite_available, keyword_clip,
                           list_speakers, sentence_audio, split_counts, stable_int, synthesize)
+from asr.errors import ToolkitError, UsageError
 from asr.utils import atomic_open
 
 __all__ = [
@@ -322,13 +323,13 @@ def prepare_synthetic(
     """
     t0 = time.monotonic()
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+        raise ToolkitError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
     if words is None:
         from asr.data.speech_commands import ALL_WORDS_35
         words = list(ALL_WORDS_35)
     bad = [w for w in words if not w.isalpha() or not w.islower()]
     if bad:
-        raise ValueError(f"keywords must be lower-case letters only (they name folders): {bad}")
+        raise UsageError(f"keywords must be lower-case letters only (they name folders): {bad}")
     out_dir = Path(out_dir)
     sc_dir, ls_dir = out_dir / "speech_commands", out_dir / "librispeech"
     use_flite = flite_available() if use_flite is None else use_flite

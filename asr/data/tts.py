@@ -19,6 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.audio import resample
+from asr.errors import ToolkitError, UsageError
 
 __all__ = [
     "Speaker",
@@ -175,7 +176,7 @@ def _run_tts(cmd: list[str], what: str) -> tuple[np.ndarray, int]:
     """Run a synthesizer that writes a WAV to stdout; return ``(float32 samples, rate)``."""
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0 or len(proc.stdout) <= 44:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[:300]}")
+        raise ToolkitError(f"{what} failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[:300]}")
     wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=False)
     return np.asarray(wav, dtype=np.float32), int(sr)
 
@@ -197,7 +198,7 @@ def synthesize(text: str, speaker: Speaker, rng: np.random.Generator, sample_rat
         cmd = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={175.0 / speed:.4f}",
                "-t", text, "-o", "/dev/stdout"]
     else:
-        raise ValueError(f"unknown synthesizer engine {speaker.engine!r}")
+        raise UsageError(f"unknown synthesizer engine {speaker.engine!r}")
     wav, sr = _run_tts(cmd, f"{speaker.name} on {text!r}")
     # Reading the samples as if recorded at sr * warp shifts pitch, formants and tempo together.
     return resample(wav, int(round(sr * warp)), sample_rate)

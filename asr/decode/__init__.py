@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.data.sampler import DurationBucketSampler
+from asr.errors import UsageError
 from asr.models import Family
 from asr.text import Tokenizer
 
@@ -34,9 +35,9 @@ class DecodeOptions:
 def check_options(family: Family, options: DecodeOptions) -> None:
     """Raise ``ValueError`` for a decoder name that does not exist or does not fit the family."""
     if options.decoder not in ("greedy", "beam", "modified_beam"):
-        raise ValueError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
+        raise UsageError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
     if options.decoder == "modified_beam" and family.name != "transducer":
-        raise ValueError("modified_beam is the transducer's search; use beam")
+        raise UsageError("modified_beam is the transducer's search; use beam")
 
 
 def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: DecodeOptions, tokenizer: Tokenizer,

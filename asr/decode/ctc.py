@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from asr.decode.hypothesis import Hypothesis, NBest
 from asr.decode.lm import EOS, NGramLM
+from asr.errors import UsageError
 from asr.models.ctc import BLANK, ctc_greedy
 from asr.text import Tokenizer
 
@@ -99,7 +100,7 @@ class _Fusion:
     def __init__(self, splitter: WordSplitter, lm: NGramLM | None, lm_weight: float, word_bonus: float,
                  oov_penalty: float = 0.0):
         if oov_penalty > 0:
-            raise ValueError(f"oov_penalty must be <= 0, got {oov_penalty}")
+            raise UsageError(f"oov_penalty must be <= 0, got {oov_penalty}")
         self.splitter, self.lm, self.lm_weight, self.word_bonus = splitter, lm, lm_weight, word_bonus
         self.oov_penalty = oov_penalty if lm is not None else 0.0
         self.prefixes = lm.word_prefixes if self.oov_penalty else None
@@ -286,9 +287,9 @@ def ctc_beam_search_batch(
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got {tuple(log_probs.shape)}")
     if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
+        raise UsageError(f"beam must be >= 1, got {beam}")
     if (lm is not None or word_bonus) and tokenizer is None:
-        raise ValueError("LM fusion and word_bonus need the tokenizer (to find word boundaries)")
+        raise UsageError("LM fusion and word_bonus need the tokenizer (to find word boundaries)")
     fusing = tokenizer is not None and ((lm is not None and lm_weight != 0) or word_bonus != 0)
     fusion = _Fusion(WordSplitter(tokenizer), lm, lm_weight, word_bonus, oov_penalty if fusing else 0.0) \
         if tokenizer is not None else None

@@ -31,6 +31,7 @@ import os
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from asr.errors import ToolkitError, UsageError
 from asr.text import normalize_text
 from asr.utils import atomic_open
 
@@ -39,7 +40,7 @@ LN10 = math.log(10.0)
 ARPA_NO_PROB = -99.0  # log10 probability written for <s>, which is never predicted
 
 
-class ARPAError(ValueError):
+class ARPAError(ToolkitError, ValueError):
     """A malformed ARPA file; the message starts with ``path:line:``."""
 
 
@@ -60,7 +61,7 @@ class NGramLM:
     def __init__(self, order: int, probs: dict[tuple, float], backoffs: dict[tuple, float] | None = None,
                  oov_log10: float = -10.0):
         if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}")
+            raise UsageError(f"order must be >= 1, got {order}")
         self.order = order
         self.probs = probs
         self.backoffs = backoffs or {}
@@ -257,7 +258,7 @@ def _discount(counts: dict[tuple, float]) -> float:
 def train_kneser_ney(texts: Iterable[str], order: int = 3) -> NGramLM:
     """Interpolated Kneser-Ney n-gram model of normalised ``texts`` (see the module doc)."""
     if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
+        raise UsageError(f"order must be >= 1, got {order}")
     raw: list[dict[tuple, int]] = [defaultdict(int) for _ in range(order + 1)]  # raw[n][ngram]
     words_seen: set[str] = set()
     sentences = 0
@@ -272,7 +273,7 @@ def train_kneser_ney(texts: Iterable[str], order: int = 3) -> NGramLM:
             for i in range(len(sent) - n + 1):
                 raw[n][tuple(sent[i:i + n])] += 1
     if not sentences:
-        raise ValueError("no text to train an n-gram model on")
+        raise UsageError("no text to train an n-gram model on")
 
     # adjusted counts: raw at the top order and for n-grams starting with <s>, continuation below
     adj: list[dict[tuple, float]] = [{} for _ in range(order + 1)]

@@ -44,6 +44,7 @@ import torch
 
 from asr.decode.ctc_prefix_score import CTCPrefixScorer
 from asr.decode.hypothesis import Hypothesis, NBest
+from asr.errors import UsageError
 from asr.models.encoders import length_mask
 from asr.models.seq2seq import EOS, PAD, AttentionModel, _attendable
 
@@ -96,13 +97,13 @@ def attention_beam_search(
         the decoder did not run) and, with CTC, ``ctc`` (the CTC log-probability of the tokens).
     """
     if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
+        raise UsageError(f"beam must be >= 1, got {beam}")
     if not 0.0 <= ctc_weight <= 1.0:
-        raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
+        raise UsageError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
     if ctc_weight > 0 and getattr(model, "ctc_head", None) is None:
-        raise ValueError("ctc_weight > 0 needs a model with a CTC head (trained with ctc_weight > 0)")
+        raise UsageError("ctc_weight > 0 needs a model with a CTC head (trained with ctc_weight > 0)")
     if length_norm and length_penalty:
-        raise ValueError("use either length_norm or length_penalty, not both")
+        raise UsageError("use either length_norm or length_penalty, not both")
     B = enc.shape[0]
     if B == 0:
         return []

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from asr.errors import UsageError
 from asr.text import Tokenizer
 
 BLANK = 0
@@ -48,7 +49,7 @@ def _family(model: nn.Module) -> str:
 
 def _check_streamable(encoder: nn.Module) -> None:
     if not getattr(encoder, "streamable", False):
-        raise ValueError(
+        raise UsageError(
             f"{type(encoder).__name__} cannot stream: it sees the whole utterance. Use a forward-only RNN "
             "encoder (bidirectional: false, optionally lookahead > 0) or a causal Conformer (causal: true)"
         )
@@ -76,7 +77,7 @@ class Recognizer:
         self.family = _family(model)
         _check_streamable(model.encoder)
         if chunk_ms <= 0:
-            raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+            raise UsageError(f"chunk_ms must be positive, got {chunk_ms}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.chunk_ms = chunk_ms

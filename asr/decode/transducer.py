@@ -41,6 +41,7 @@ from typing import Optional
 import torch
 
 from asr.decode.hypothesis import Hypothesis, NBest
+from asr.errors import UsageError
 
 BLANK = 0
 NEG_INF = float("-inf")
@@ -136,7 +137,7 @@ def transducer_beam_search(
         ``score`` is ``am_score``, or its length-normalized value with ``length_norm``.
     """
     if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
+        raise UsageError(f"beam must be >= 1, got {beam}")
     joiner = model.joiner
     tree = _PrefixTree(model, enc.device)
     enc_proj = joiner.project_encoder(enc)  # (T, J)
@@ -250,7 +251,7 @@ def modified_beam_search(
         log-probability summed over the merged alignments.
     """
     if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
+        raise UsageError(f"beam must be >= 1, got {beam}")
     predictor, joiner = model.predictor, model.joiner
     Bsz, T, _ = enc.shape
     K, device = beam, enc.device
@@ -340,4 +341,4 @@ def transducer_decode_nbest(model, batch: dict, decoder: str = "beam", beam: int
                 for b, n in enumerate(lengths.tolist())]
     if decoder == "modified_beam":
         return modified_beam_search(model, enc, lengths, beam, nbest)
-    raise ValueError(f"unknown decoder {decoder!r} (beam or modified_beam)")
+    raise UsageError(f"unknown decoder {decoder!r} (beam or modified_beam)")

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from asr.config import ConfigError
 from asr.models.config import ModelConfig
 
 
@@ -67,7 +68,7 @@ def get_family(name: str) -> Family:
     if name not in FAMILIES:
         _load_builtin()
     if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+        raise ConfigError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
     return FAMILIES[name]
 
 

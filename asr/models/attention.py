@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.config import ConfigError
 from asr.models.config import AttentionConfig
 from asr.models.conformer import SinusoidalPosition
 from asr.models.encoders import length_mask
@@ -187,7 +188,7 @@ class TransformerAttentionDecoder(nn.Module):
     ):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"decoder dim {dim} is not divisible by heads {heads}")
+            raise ConfigError(f"decoder dim {dim} is not divisible by heads {heads}")
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = SinusoidalPosition(dim)
         self.memory_proj = nn.Linear(enc_dim, dim) if enc_dim != dim else nn.Identity()
@@ -234,4 +235,4 @@ def build_decoder(config: AttentionConfig, enc_dim: int, vocab_size: int) -> nn.
                                     c.conv_kernel, c.dropout)
     if c.decoder == "transformer":
         return TransformerAttentionDecoder(vocab_size, enc_dim, c.dim, c.layers, c.heads, c.dropout)
-    raise ValueError(f"unknown attention decoder {c.decoder!r} (lstm or transformer)")
+    raise ConfigError(f"unknown attention decoder {c.decoder!r} (lstm or transformer)")

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.errors import UsageError
 from asr.models.config import EncoderConfig
 from asr.models.encoders import ConvSubsampling, length_mask
 
@@ -60,7 +61,7 @@ class SinusoidalPosition(nn.Module):
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         T = x.shape[1]
         if offset + T > self.pe.shape[0]:
-            raise ValueError(f"sequence of {offset + T} frames is longer than the position table ({self.pe.shape[0]})")
+            raise UsageError(f"sequence of {offset + T} frames is longer than the position table ({self.pe.shape[0]})")
         return x * self.scale + self.pe[offset : offset + T]
 
 
@@ -210,7 +211,7 @@ class ConformerEncoder(nn.Module):
         utterance with the same ``chunk_size``/``left_chunks`` (in eval mode).
         """
         if not self.streamable:
-            raise ValueError("a full-context (causal: false) Conformer cannot stream: every frame attends "
+            raise UsageError("a full-context (causal: false) Conformer cannot stream: every frame attends "
                              "to the whole utterance (train with causal: true and a chunk_size)")
         c = self.config
         size = max(c.chunk_size, 1)

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from asr.config import ConfigError
+from asr.errors import UsageError
 from asr.models.config import EncoderConfig
 
 
@@ -44,7 +46,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, input_dim: int, factor: int, channels: int, out_dim: int):
         super().__init__()
         if factor not in (2, 4, 8):
-            raise ValueError(f"subsampling must be 2, 4 or 8, got {factor}")
+            raise ConfigError(f"subsampling must be 2, 4 or 8, got {factor}")
         self.factor = factor
         n = factor.bit_length() - 1
         layers, c_in, f = [], 1, input_dim
@@ -142,10 +144,10 @@ class RNNEncoder(nn.Module):
         super().__init__()
         c = config
         if c.bidirectional and c.lookahead:
-            raise ValueError("lookahead applies to forward-only encoders (bidirectional: false)")
+            raise ConfigError("lookahead applies to forward-only encoders (bidirectional: false)")
         rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(c.rnn_type)
         if rnn_cls is None:
-            raise ValueError(f"rnn_type must be gru or lstm, got {c.rnn_type!r}")
+            raise ConfigError(f"rnn_type must be gru or lstm, got {c.rnn_type!r}")
         self.subsampling_layer = ConvSubsampling(input_dim, c.subsampling, c.conv_channels, c.dim)
         self.norm = nn.LayerNorm(c.dim)
         self.rnn = rnn_cls(c.dim, c.dim, num_layers=c.layers, batch_first=True,
@@ -183,7 +185,7 @@ class RNNEncoder(nn.Module):
         the concatenated outputs equal ``forward`` on the whole utterance (in eval mode).
         """
         if not self.streamable:
-            raise ValueError("a bidirectional RNN encoder cannot stream: it needs the whole utterance "
+            raise UsageError("a bidirectional RNN encoder cannot stream: it needs the whole utterance "
                              "(train with bidirectional: false, optionally with lookahead > 0)")
         state = state or {"subsampling": None, "hidden": None, "pending": None}
         x, sub = self.subsampling_layer.infer(feats, state["subsampling"])
@@ -205,4 +207,4 @@ def build_encoder(config: EncoderConfig, input_dim: int) -> nn.Module:
         from asr.models.conformer import ConformerEncoder
 
         return ConformerEncoder(config, input_dim)
-    raise ValueError(f"unknown encoder kind {config.kind!r} (rnn or conformer)")
+    raise ConfigError(f"unknown encoder kind {config.kind!r} (rnn or conformer)")

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.config import ConfigError
 from asr.models import Family, LossOutput, register_family
 from asr.models.attention import build_decoder
 from asr.models.config import ModelConfig
@@ -55,15 +56,15 @@ class AttentionModel(nn.Module):
         super().__init__()
         a = config.attention
         if not 0.0 <= a.ctc_weight <= 1.0:
-            raise ValueError(f"ctc_weight must be in [0, 1], got {a.ctc_weight}")
+            raise ConfigError(f"ctc_weight must be in [0, 1], got {a.ctc_weight}")
         if not 0.0 <= a.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {a.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {a.label_smoothing}")
         if a.max_len_ratio <= 0:
-            raise ValueError(f"max_len_ratio must be positive, got {a.max_len_ratio}")
+            raise ConfigError(f"max_len_ratio must be positive, got {a.max_len_ratio}")
         if a.guided_weight < 0 or a.guided_sigma <= 0:
-            raise ValueError(f"guided_weight must be >= 0 and guided_sigma > 0, got {a.guided_weight}, {a.guided_sigma}")
+            raise ConfigError(f"guided_weight must be >= 0 and guided_sigma > 0, got {a.guided_weight}, {a.guided_sigma}")
         if a.guided_weight > 0 and a.decoder != "lstm":
-            raise ValueError(f"guided_weight needs the lstm decoder (its attention weights), not {a.decoder!r}")
+            raise ConfigError(f"guided_weight needs the lstm decoder (its attention weights), not {a.decoder!r}")
         self.vocab_size = vocab_size
         self.ctc_weight, self.label_smoothing, self.max_len_ratio = a.ctc_weight, a.label_smoothing, a.max_len_ratio
         self.guided_weight, self.guided_sigma = a.guided_weight, a.guided_sigma

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch.utils.checkpoint import checkpoint
 
+from asr.config import ConfigError
 from asr.models import Family, LossOutput, register_family
 from asr.models.config import ModelConfig, TransducerConfig
 from asr.models.encoders import build_encoder
@@ -101,7 +102,7 @@ class StatelessPredictor(nn.Module):
     def __init__(self, vocab_size: int, dim: int, context: int = 2):
         super().__init__()
         if context < 1:
-            raise ValueError(f"context must be >= 1, got {context}")
+            raise ConfigError(f"context must be >= 1, got {context}")
         self.embedding = nn.Embedding(vocab_size, dim)
         self.conv = nn.Conv1d(dim, dim, context, groups=dim, bias=False) if context > 1 else None
         self.linear = nn.Linear(dim, dim)
@@ -172,7 +173,7 @@ def build_predictor(config: TransducerConfig, vocab_size: int) -> nn.Module:
         return Predictor(vocab_size, config.pred_dim, config.pred_layers)
     if config.predictor == "stateless":
         return StatelessPredictor(vocab_size, config.pred_dim, config.context)
-    raise ValueError(f"unknown predictor {config.predictor!r} (lstm or stateless)")
+    raise ConfigError(f"unknown predictor {config.predictor!r} (lstm or stateless)")
 
 
 class TransducerModel(nn.Module):
