@@ -23,96 +23,23 @@ Example:
 from __future__ import annotations
 
 import os
-import random
-import re
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from asr.config import from_dict
 from asr.errors import ToolkitError, UsageError
-from asr.models import Family, get_family
+from asr.models import Family, all_families, get_family
 from asr.text import Tokenizer, tokenizer_from_state
-from asr.trainer_utils import is_fsdp, unwrap
-from asr.utils import atomic_open, atomic_save
+from asr.utils import atomic_save
 
 FORMAT = 1
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
 class CheckpointError(ToolkitError, RuntimeError):
     """A checkpoint file is missing, unreadable or not in this toolkit's format; names the file."""
-
-
-# ---------------------------------------------------------------------------
-# RNG state (plain values only, so it loads with weights_only=True)
-# ---------------------------------------------------------------------------
-
-
-def rng_state() -> dict:
-    """The torch, CUDA, python and numpy RNG states as tensors, lists, ints and floats."""
-    version, keys, gauss = random.getstate()
-    name, np_keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "python": [version, list(keys), gauss],
-        "numpy": [str(name), [int(k) for k in np_keys], int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in state["cuda"]])
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, np_keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(np_keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-# ---------------------------------------------------------------------------
-# Model / optimizer state (plain, DDP or FSDP)
-# ---------------------------------------------------------------------------
-
-
-def _full_options(offload: bool):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=offload)
-
-
-def model_state(model: nn.Module) -> dict:
-    """A full CPU state dict without wrapper prefixes (gathered on rank 0 under FSDP: a collective)."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(model, options=_full_options(True))
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-
-
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's state dict (full and keyed by parameter names under FSDP: a collective)."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return get_optimizer_state_dict(model, optimizer, options=_full_options(True))
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load :func:`optimizer_state`'s result (every rank holds the full state it read from the file)."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_full_options(False))
-        return
-    optimizer.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------
@@ -123,12 +50,6 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
     """Write ``payload`` atomically: readers (and a restarted run) never see half a file."""
     atomic_save(payload, path)
-
-
-def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a checkpoint file atomically (``epoch-3.pt`` -> ``last.pt``)."""
-    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -166,31 +87,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dic
         keep = transform(keep)
     save_checkpoint(keep, dst)
     return Path(dst).stat().st_size
-
-
-def epoch_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
-    """``out_dir/epoch-<n>.pt`` files, oldest epoch first."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def prune_epoch_checkpoints(out_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the last ``keep`` epoch checkpoints (``keep <= 0`` keeps all)."""
-    if keep <= 0:
-        return
-    for p in epoch_checkpoints(out_dir)[:-keep]:
-        p.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(out_dir: str | os.PathLike) -> None:
-    """Remove ``.*.tmp`` files left by a process killed while writing a checkpoint."""
-    out_dir = Path(out_dir)
-    if out_dir.is_dir():
-        for p in out_dir.glob(".*.pt.*.tmp"):
-            p.unlink(missing_ok=True)
 
 
 def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
@@ -232,29 +128,52 @@ def config_from_checkpoint(ckpt: dict):
     return config
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", purpose: str = "",
+               recognizer: bool | None = None, families: Sequence[str] | None = None,
                ) -> tuple[nn.Module, Family, Tokenizer | list[str], object]:
     """Rebuild a trained model from a checkpoint through the family registry.
+
+    ``purpose`` (e.g. ``"asr transcribe"``) and what it needs: ``recognizer=True`` a speech
+    recognizer (a family with token targets), ``False`` a classifier; ``families`` a list of
+    family names. A checkpoint of another family raises :class:`CheckpointError` naming the
+    file, the family it holds and the one the purpose needs.
 
     Returns ``(model in eval mode on device, family, tokenizer or class labels, TrainConfig)``.
 
     Raises:
-        CheckpointError: when the file is missing or corrupt, or its weights do not fit the model.
+        CheckpointError: when the file is missing or corrupt, of the wrong family, or its weights
+            do not fit the model.
     """
     ckpt = load_checkpoint(path)
-    config = config_from_checkpoint(ckpt)
-    family = get_family(ckpt["family"])
-    if ckpt.get("labels"):
-        targets: Tokenizer | list[str] = list(ckpt["labels"])
-        num_outputs = len(targets)
-    elif ckpt.get("tokenizer"):
-        targets = tokenizer_from_state(ckpt["tokenizer"])
-        num_outputs = targets.vocab_size
-    else:
-        raise CheckpointError(f"{path}: holds neither a tokenizer nor class labels")
-    model = family.build(config.model, num_outputs)
+    try:
+        family = get_family(str(ckpt.get("family")))
+    except ToolkitError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    wanted = list(families) if families else None
+    if recognizer is not None and wanted is None:
+        wanted = sorted(f.name for f in all_families() if f.recognizer == recognizer)
+    if wanted is not None and family.name not in wanted:
+        kind = "a speech recognizer" if family.recognizer else "a classifier (keyword spotter)"
+        raise CheckpointError(f"{path}: holds {kind} of the {family.name!r} family; {purpose or 'this'} needs a "
+                              f"{' or '.join(repr(w) for w in wanted)} model")
+    try:
+        config = config_from_checkpoint(ckpt)
+        if ckpt.get("labels"):
+            targets: Tokenizer | list[str] = [str(label) for label in ckpt["labels"]]
+            num_outputs = len(targets)
+        elif ckpt.get("tokenizer"):
+            targets = tokenizer_from_state(ckpt["tokenizer"])
+            num_outputs = targets.vocab_size
+        else:
+            raise CheckpointError(f"{path}: holds neither a tokenizer nor class labels")
+        model = family.build(config.model, num_outputs)
+    except CheckpointError:
+        raise
+    except (ToolkitError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the {family.name!r} model it holds ({type(e).__name__}: {e})"
+                              ) from None
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit a {family.name!r} model built from its config ({e})") from None
     return model.to(device).eval(), family, targets, config

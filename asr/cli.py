@@ -177,10 +177,16 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str) -> str:
+    import re
+
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UsageError(f"--device: cpu, cuda, cuda:N or auto, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return name
 
 
@@ -197,11 +203,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     from asr.audio import audio_info
+    from asr.checkpoint import load_model
     from asr.decode import transcribe_items
-    from asr.train import load_model
 
     device = _device(args.device)
-    model, family, tokenizer, _ = load_model(args.model, device)
+    model, family, tokenizer, _ = load_model(args.model, device, purpose="asr transcribe", recognizer=True)
     items, failed = [], 0
     for i, path in enumerate(args.files):
         try:
@@ -210,7 +216,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
             print(f"asr transcribe: error: {e}", file=sys.stderr)
             failed += 1
     if args.streaming:
-        return _transcribe_streaming(model, tokenizer, items, args.chunk_ms, device, failed)
+        return _transcribe_streaming(model, family, tokenizer, items, args.chunk_ms, device, failed)
     texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True,
                              options=_decode_options(args))
     for item, text in zip(items, texts):
@@ -221,13 +227,13 @@ def run_transcribe(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _transcribe_streaming(model, tokenizer, items: list[dict], chunk_ms: float, device: str, failed: int) -> int:
+def _transcribe_streaming(model, family, tokenizer, items: list[dict], chunk_ms: float, device: str, failed: int) -> int:
     import torch
 
     from asr.audio import iter_audio_blocks
     from asr.decode.streaming import Recognizer
 
-    recognizer = Recognizer(model.to(device), tokenizer, chunk_ms=chunk_ms)
+    recognizer = Recognizer(model.to(device), tokenizer, chunk_ms=chunk_ms, family=family)
     sr = model.frontend.features.config.sample_rate
     for item in items:
         try:
@@ -265,11 +271,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from asr.data.manifest import read_manifest
     from asr.decode import transcribe_items
     from asr.evaluate import error_rates, write_alignments
+    from asr.checkpoint import load_model
     from asr.text import normalize_text
-    from asr.train import load_model
 
     device = _device(args.device)
-    model, family, tokenizer, _ = load_model(args.model, device)
+    model, family, tokenizer, _ = load_model(args.model, device, purpose="asr evaluate", recognizer=True)
     items = read_manifest(args.manifest, needs_text=True)
     hyps = transcribe_items(model, family, tokenizer, items, args.batch_size, device, options=_decode_options(args))
     refs = [normalize_text(it["text"]) for it in items]

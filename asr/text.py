@@ -23,12 +23,14 @@ import re
 import unicodedata
 from typing import Iterable
 
+from asr import constants
 from asr.config import ConfigError
+from asr.constants import BLANK_TOKEN, EOS_TOKEN, UNK_TOKEN
 from asr.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-BLANK, UNK, EOS = "<blank>", "<unk>", "<sos/eos>"
+BLANK, UNK, EOS = BLANK_TOKEN, UNK_TOKEN, EOS_TOKEN
 SPECIALS = (BLANK, UNK, EOS)
 _NOT_ALLOWED = re.compile(r"[^A-Z' ]+")
 _SPACES = re.compile(r"\s+")
@@ -52,9 +54,9 @@ def normalize_text(text: str) -> str:
 class Tokenizer:
     """Interface shared by the tokenizers."""
 
-    blank_id = 0
-    unk_id = 1
-    eos_id = 2  # also used as start-of-sentence by attention decoders
+    blank_id = constants.BLANK
+    unk_id = constants.UNK
+    eos_id = constants.EOS  # also used as start-of-sentence by attention decoders
 
     def __init__(self) -> None:
         self.oov_count = 0  # characters or pieces mapped to <unk> so far

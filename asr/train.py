@@ -35,11 +35,10 @@ from pathlib import Path
 
 import torch
 
-from asr.checkpoint import (
-    FORMAT, CheckpointError, average_checkpoints, copy_checkpoint, epoch_checkpoints, load_checkpoint, load_model,
-    load_optimizer_state,
-    model_state, optimizer_state, prune_epoch_checkpoints, remove_stale_temporaries, rng_state, save_checkpoint,
-    set_rng_state,
+from asr.checkpoint import FORMAT, CheckpointError, average_checkpoints, load_checkpoint, load_model, save_checkpoint
+from asr.train_state import (
+    copy_checkpoint, epoch_checkpoints, load_optimizer_state, model_state, optimizer_state, prune_epoch_checkpoints,
+    remove_stale_temporaries, rng_state, set_rng_state,
 )
 from asr.config import ConfigError, to_dict
 from asr.errors import ToolkitError

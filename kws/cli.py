@@ -68,7 +68,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a keyword spotter from a YAML config",
                        description="Train with the toolkit's training loop (the same as `asr train`). The YAML maps "
                                    "onto asr.train.TrainConfig with model.family: crnn; the CRNN's sizes are under "
-                                   "model.extra.crnn (kws.model.CRNNConfig). key=value arguments override the file. "
+                                   "model.crnn (asr.models.config.CRNNConfig). key=value arguments override the file. "
                                    "A run whose out_dir holds last.pt resumes from it.")
     p.add_argument("--config", type=Path, required=True, help="YAML config (see recipes/speech_commands/conf)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys for sections")
@@ -178,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _detector(args):
+def _detector(args, purpose: str = "kws detect"):
     import torch
 
     from kws.detect import Detector, load_detector
 
     torch.set_num_threads(max(1, args.threads))
-    model, labels, cfg = load_detector(args.model)
+    model, labels, cfg = load_detector(args.model, purpose=purpose)
     for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -217,54 +217,20 @@ def run_detect(args) -> int:
 
 def run_evaluate(args) -> int:
     from asr.data.manifest import read_manifest
-    from kws.curve import speaker_bootstrap
-    from kws.data import speaker_of_item
-    from kws.evaluate import accuracy_report, classify_items, det_curve, localization
+    from kws.evaluate import evaluate_detector
 
-    detector = _detector(args)
-    model, labels = detector.model, detector.labels
-    items = read_manifest(args.manifest)
-    probs, truth = classify_items(model, labels, items, args.batch_size)
-    report = accuracy_report(probs, truth, labels)
+    detector = _detector(args, purpose="kws evaluate")
+    report = evaluate_detector(detector, read_manifest(args.manifest), args.negative, args.stream, args.truth,
+                               args.tolerance, args.batch_size, use_det_threshold=args.threshold is None)
     print(report.format())
-    speakers = [speaker_of_item(it) for it in items]
-    lo, hi = speaker_bootstrap((probs.argmax(-1) == truth).numpy(), speakers)
-    groups = len(set(speakers))
-    print(f"\n95% interval of the accuracy, resampling the {groups} speakers (a _silence_ clip is its own): "
-          f"{100 * lo:.1f}% to {100 * hi:.1f}%")
-    result: dict = {"accuracy": report.accuracy, "accuracy_ci95": [lo, hi], "speakers": groups,
-                    "clips": len(items),
-                    "per_class": {k: v[0] for k, v in report.per_class().items()},
-                    "confusion": report.confusion.tolist(), "labels": labels}
-    if args.negative:
-        curve = det_curve(detector, probs, truth, labels, args.negative)
-        frr, thr = curve.frr_at(0.5)
-        print(f"\nfalse rejection rate at 0.5 false alarms per hour: {100 * frr:.2f}% (threshold {thr:.3f}; "
-              f"{curve.hours:.2f} h keyword-free audio)")
+    if report.det is not None:
         plot = args.det_plot or (args.json.with_suffix(".det.png") if args.json else None)
         if plot:
-            curve.save_plot(plot)
+            report.det.save_plot(plot)
             print(f"DET curve: {plot}")
-        if args.threshold is None and thr == thr:  # the stream below is then scored at this operating point
-            detector.cfg.threshold = thr
-        result.update(frr_at_0_5_fa_per_hour=frr, threshold_at_0_5_fa_per_hour=thr, negative_hours=curve.hours,
-                      det={"threshold": curve.thresholds.tolist(), "frr": curve.frr.tolist(),
-                           "fa_per_hour": curve.fa_per_hour.tolist()})
-    if args.stream:
-        from kws.detect import detect_file
-
-        truth_path = args.truth or args.stream.with_suffix(".truth.jsonl")
-        refs = [json.loads(line) for line in truth_path.read_text().splitlines() if line.strip()]
-        events = list(detect_file(detector, args.stream))
-        loc = localization(events, refs, args.tolerance)
-        hours = detector.seconds_processed / 3600
-        print(f"\n{args.stream}: found {loc['found']}/{loc['total']} keywords ({100 * loc['recall']:.1f}%) within "
-              f"{args.tolerance} s at threshold {detector.cfg.threshold:.3f}; {loc['false_alarms']} other detections "
-              f"in {60 * hours:.1f} min")
-        result["stream"] = {**loc, "minutes": 60 * hours, "threshold": detector.cfg.threshold}
     if args.json:
         with atomic_open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(report.to_json(), f, indent=1)
     return 0
 
 
@@ -280,7 +246,7 @@ def run_prepare(args) -> int:
 
 def run_split(args) -> int:
     from asr.data.manifest import read_manifest, write_manifest
-    from asr.data.speech_commands import SILENCE
+    from asr.constants import SILENCE
     from kws.curve import count_speakers
     from kws.data import split_by_speaker
 
@@ -310,45 +276,18 @@ def run_combine(args) -> int:
 
 
 def run_curve(args) -> int:
-    from asr.data.manifest import read_manifest
-    from asr.data.speech_commands import SILENCE
-    from kws.curve import count_speakers, fit_log_curve, save_curve_plot
+    from kws.curve import speaker_curve
 
-    rows = []
+    runs = []
     for spec in args.runs:
         manifest, sep, result = spec.partition("=")
         if not sep or not manifest or not result:
             raise UsageError(f"expected MANIFEST=EVAL.json, got {spec!r}")
-        items = read_manifest(manifest) if Path(manifest).stat().st_size else []
-        try:
-            ev = json.loads(Path(result).read_text())
-            acc, (lo, hi) = float(ev["accuracy"]), ev.get("accuracy_ci95", (float("nan"), float("nan")))
-        except (OSError, ValueError, KeyError) as e:
-            raise UsageError(f"{result}: not a `kws evaluate --json` file ({e})") from None
-        rows.append({"run": Path(result).parent.name, "speakers": count_speakers(items),
-                     "clips": sum(it.get("label") != SILENCE for it in items), "accuracy": acc,
-                     "ci_low": float(lo), "ci_high": float(hi)})
-    rows.sort(key=lambda r: r["speakers"])
-    print("run\tspeakers\tclips\taccuracy\t95% interval")
-    for r in rows:
-        print(f"{r['run']}\t{r['speakers']}\t{r['clips']}\t{100 * r['accuracy']:.1f}%\t"
-              f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%")
-    fit = None
-    if len({r["speakers"] for r in rows if r["speakers"] > 0}) >= 2:
-        fit = fit_log_curve([r["speakers"] for r in rows], [r["accuracy"] for r in rows])
-        print(f"fit: accuracy = {100 * fit.intercept:.1f}% + {100 * fit.per_doubling:.1f} points * log2(speakers)")
-        need = fit.speakers_for(args.target) if args.target is not None else None
-        if need is not None:
-            print(f"the fit reaches {100 * args.target:.0f}% at about {need:.0f} real training speakers"
-                  if need != float("inf") else "the fit does not grow with more speakers")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    save_curve_plot(args.out.with_suffix(".png"), [r["speakers"] for r in rows], [r["accuracy"] for r in rows],
-                    [(r["ci_low"], r["ci_high"]) for r in rows], fit, args.target)
-    print(f"{args.out.with_suffix('.csv')}\n{args.out.with_suffix('.png')}")
+        runs.append((manifest, result))
+    report = speaker_curve(runs, args.target)
+    print(report.format())
+    table, plot = report.save(args.out)
+    print(f"{table}\n{plot}")
     return 0
 
 
@@ -381,19 +320,28 @@ def run_train(args) -> int:
     return asr_train(args)
 
 
+def _threshold_from(path: Path) -> float:
+    try:
+        threshold = json.loads(path.read_text(encoding="utf-8")).get("threshold_at_0_5_fa_per_hour")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: not a `kws evaluate --json` file ({type(e).__name__}: {e})") from None
+    if not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise UsageError(f"{path}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
+    return float(threshold)
+
+
 def run_export(args) -> int:
     from asr.checkpoint import export_checkpoint
-    from kws.detect import load_detector_model
+    from kws.detect import load_detector
     from kws.model import without_letter_head
 
-    threshold = args.threshold
-    if args.threshold_from is not None:
-        threshold = json.loads(args.threshold_from.read_text()).get("threshold_at_0_5_fa_per_hour")
-        if threshold is None or threshold != threshold:
-            raise UsageError(f"{args.threshold_from}: no threshold at 0.5 false alarms per hour (run evaluate with --negative)")
+    load_detector(args.checkpoint, purpose="kws export")  # a keyword spotter that loads, before anything is written
+    threshold = _threshold_from(args.threshold_from) if args.threshold_from is not None else args.threshold
     extra = {"detector": {"threshold": float(threshold)}} if threshold is not None else None
     size = export_checkpoint(args.checkpoint, args.out, extra, transform=without_letter_head)
-    model, labels = load_detector_model(args.out)  # checks that it loads as a keyword spotter
+    model, labels, _ = load_detector(args.out, purpose="kws export")
     print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
     return 0
 

@@ -24,17 +24,18 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from asr.data.speech_commands import SILENCE
-from asr.errors import UsageError
+from asr.constants import SILENCE
+from asr.errors import MissingFileError, UsageError
 from asr.utils import atomic_open
 from kws.data import speaker_of_item
 
 __all__ = ["speaker_bootstrap", "bootstrap_accuracies", "count_speakers", "LogFit", "fit_log_curve",
-           "save_curve_plot"]
+           "save_curve_plot", "CurveReport", "speaker_curve"]
 
 
 def _groups(correct: np.ndarray, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,3 +147,78 @@ def save_curve_plot(path: str | os.PathLike, speakers: Sequence[int], accuracy: 
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+
+
+@dataclass
+class CurveReport:
+    """Held-out accuracy of several training runs against their real training speakers.
+
+    ``rows``: one dict per run (``run``, ``speakers``, ``clips``, ``accuracy``, ``ci_low``,
+    ``ci_high``), fewest speakers first; ``fit`` the log-linear fit (``None`` with fewer than two
+    speaker counts above zero); ``target`` the accuracy asked about.
+    """
+
+    rows: list[dict]
+    fit: LogFit | None = None
+    target: float | None = None
+
+    def format(self) -> str:
+        lines = ["run\tspeakers\tclips\taccuracy\t95% interval"]
+        lines += [f"{r['run']}\t{r['speakers']}\t{r['clips']}\t{100 * r['accuracy']:.1f}%\t"
+                  f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%" for r in self.rows]
+        if self.fit is not None:
+            lines.append(f"fit: accuracy = {100 * self.fit.intercept:.1f}% + {100 * self.fit.per_doubling:.1f} "
+                         "points * log2(speakers)")
+            if self.target is not None:
+                need = self.fit.speakers_for(self.target)
+                lines.append(f"the fit reaches {100 * self.target:.0f}% at about {need:.0f} real training speakers"
+                             if need != math.inf else "the fit does not grow with more speakers")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        fit = None if self.fit is None else {"intercept": self.fit.intercept, "per_doubling": self.fit.per_doubling}
+        return {"rows": self.rows, "fit": fit, "target": self.target}
+
+    def save(self, out: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``OUT.csv`` and ``OUT.png``; returns both paths."""
+        import csv
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table, plot = out.with_suffix(".csv"), out.with_suffix(".png")
+        with atomic_open(table, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["run", "speakers", "clips", "accuracy", "ci_low", "ci_high"])
+            w.writeheader()
+            w.writerows(self.rows)
+        save_curve_plot(plot, [r["speakers"] for r in self.rows], [r["accuracy"] for r in self.rows],
+                        [(r["ci_low"], r["ci_high"]) for r in self.rows], self.fit, self.target)
+        return table, plot
+
+
+def speaker_curve(runs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], target: float | None = None
+                  ) -> CurveReport:
+    """``runs``: ``(real training manifest, kws evaluate --json file)`` per run (an empty manifest
+    file for a run without real clips) -> :class:`CurveReport`."""
+    import json
+
+    from asr.data.manifest import read_manifest
+
+    rows = []
+    for manifest, result in runs:
+        manifest, result = Path(manifest), Path(result)
+        if not manifest.is_file():
+            raise MissingFileError(f"{manifest}: manifest not found")
+        items = read_manifest(manifest) if manifest.stat().st_size else []
+        try:
+            ev = json.loads(result.read_text())
+            acc, (lo, hi) = float(ev["accuracy"]), ev.get("accuracy_ci95", (float("nan"), float("nan")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{result}: not a `kws evaluate --json` file ({type(e).__name__}: {e})") from None
+        rows.append({"run": result.parent.name, "speakers": count_speakers(items),
+                     "clips": sum(it.get("label") != SILENCE for it in items), "accuracy": acc,
+                     "ci_low": float(lo), "ci_high": float(hi)})
+    rows.sort(key=lambda r: r["speakers"])
+    fit = None
+    if len({r["speakers"] for r in rows if r["speakers"] > 0}) >= 2:
+        fit = fit_log_curve([r["speakers"] for r in rows], [r["accuracy"] for r in rows])
+    return CurveReport(rows, fit, target)

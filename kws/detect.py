@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from asr.audio import iter_audio_blocks
+from asr.constants import NON_KEYWORDS
 from asr.errors import MissingFileError, UsageError
 
-NON_KEYWORDS = ("_silence_", "_unknown_")
 
 
 @dataclass
@@ -183,6 +183,18 @@ class Detector:
                                   int(np.ceil(self.cfg.refractory / (self.hop * self.conv_seconds))),
                                   max(1, int(round(self.cfg.max_event / (self.hop * self.conv_seconds)))))
 
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, keywords: Sequence[str] | None = None,
+                        device: str = "cpu", **overrides) -> "Detector":
+        """A ready detector in one line: the model of ``path`` (default: the one shipped with the
+        package) with its stored operating point; ``overrides`` change :class:`DetectorConfig` fields.
+
+        >>> det = Detector.from_checkpoint(threshold=0.9)  # doctest: +SKIP
+        >>> events = det.process(samples_16k) + det.flush()  # doctest: +SKIP
+        """
+        model, labels, config = load_detector(path, device)
+        return cls(model, labels, keywords, config, **overrides)
+
     @property
     def seconds_processed(self) -> float:
         return self.samples / self.sample_rate
@@ -299,18 +311,16 @@ def load_detector_model(path: str | os.PathLike | None = None, device: str = "cp
     return model, labels
 
 
-def load_detector(path: str | os.PathLike | None = None, device: str = "cpu"):
+def load_detector(path: str | os.PathLike | None = None, device: str = "cpu", purpose: str = "kws detect"):
     """``(model, labels, DetectorConfig)``: the detector settings stored with the model by
     ``kws export --threshold`` (its measured operating point), else the defaults."""
-    from asr.checkpoint import CheckpointError, load_checkpoint, load_model
+    from asr.checkpoint import load_checkpoint, load_model
 
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         hint = " (the package was installed without its default model; pass --model)" if path == DEFAULT_MODEL else ""
         raise MissingFileError(f"{path}: model file not found{hint}")
-    model, family, labels, _ = load_model(path, device=device)
-    if family.name != "crnn" or not isinstance(labels, list):
-        raise CheckpointError(f"{path}: a {family.name!r} model, not a keyword spotter (crnn)")
+    model, family, labels, _ = load_model(path, device=device, purpose=purpose, recognizer=False)
     stored = load_checkpoint(path).get("detector") or {}
     cfg = DetectorConfig(**{k: v for k, v in stored.items() if hasattr(DetectorConfig, k)})
     return model, labels, cfg

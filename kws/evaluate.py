@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from asr.audio import iter_audio_blocks
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.errors import UsageError
 from asr.utils import atomic_open
-from kws.detect import Detector, DetectorConfig, Event, _EventLogic
+from kws.detect import Detector, DetectorConfig, Event, _EventLogic, detect_file
 
 
 @torch.no_grad()
@@ -177,5 +178,104 @@ def localization(events: Sequence[Event], truth: Sequence[dict], tolerance: floa
             "false_alarms": used.count(False)}
 
 
-__all__ = ["classify_items", "accuracy_report", "AccuracyReport", "stream_scores", "count_events", "DETCurve",
+@dataclass
+class EvaluationReport:
+    """Everything ``kws evaluate`` measures, built by :func:`evaluate_detector`.
+
+    ``format()`` is what the command prints; ``to_json()`` what ``--json`` writes.
+    """
+
+    accuracy: AccuracyReport
+    ci95: tuple[float, float]
+    speakers: int
+    clips: int
+    det: DETCurve | None = None
+    stream: dict | None = None
+    stream_path: str = ""
+    tolerance: float = 0.5
+
+    def format(self) -> str:
+        lines = [self.accuracy.format(), "",
+                 f"95% interval of the accuracy, resampling the {self.speakers} speakers (a _silence_ clip is its own): "
+                 f"{100 * self.ci95[0]:.1f}% to {100 * self.ci95[1]:.1f}%"]
+        if self.det is not None:
+            frr, thr = self.det.frr_at(0.5)
+            lines += ["", f"false rejection rate at 0.5 false alarms per hour: {100 * frr:.2f}% (threshold {thr:.3f}; "
+                          f"{self.det.hours:.2f} h keyword-free audio)"]
+        if self.stream is not None:
+            st = self.stream
+            lines += ["", f"{self.stream_path}: found {st['found']}/{st['total']} keywords ({100 * st['recall']:.1f}%) "
+                          f"within {self.tolerance} s at threshold {st['threshold']:.3f}; {st['false_alarms']} other "
+                          f"detections in {st['minutes']:.1f} min"]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        out: dict = {"accuracy": self.accuracy.accuracy, "accuracy_ci95": list(self.ci95), "speakers": self.speakers,
+                     "clips": self.clips, "per_class": {k: v[0] for k, v in self.accuracy.per_class().items()},
+                     "confusion": self.accuracy.confusion.tolist(), "labels": self.accuracy.labels}
+        if self.det is not None:
+            frr, thr = self.det.frr_at(0.5)
+            out.update(frr_at_0_5_fa_per_hour=frr, threshold_at_0_5_fa_per_hour=thr, negative_hours=self.det.hours,
+                       det={"threshold": self.det.thresholds.tolist(), "frr": self.det.frr.tolist(),
+                            "fa_per_hour": self.det.fa_per_hour.tolist()})
+        if self.stream is not None:
+            out["stream"] = dict(self.stream)
+        return out
+
+
+def read_truth(path: str | os.PathLike) -> list[dict]:
+    """The keyword times of a stream (JSON lines ``{"keyword", "start", "end"}``, as ``kws make-stream`` writes)."""
+    import json
+
+    from asr.errors import MissingFileError, UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: truth file not found (kws make-stream writes it beside the stream)")
+    refs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ref = json.loads(line)
+            refs.append({"keyword": str(ref["keyword"]), "start": float(ref["start"]), "end": float(ref["end"])})
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{path}:{n}: not a keyword time ({type(e).__name__}: {e})") from None
+    return refs
+
+
+def evaluate_detector(detector: Detector, items: Sequence[dict], negatives: Sequence[str | os.PathLike] = (),
+                      stream: str | os.PathLike | None = None, truth: str | os.PathLike | None = None,
+                      tolerance: float = 0.5, batch_size: int = 64, use_det_threshold: bool = True,
+                      progress: bool = True) -> EvaluationReport:
+    """Accuracy of ``detector``'s model on the labelled clips ``items`` (with a speaker-bootstrap
+    interval); with ``negatives``, the DET curve against those keyword-free recordings; with
+    ``stream``, the share of its keywords (``truth``, default ``<stream>.truth.jsonl``) found within
+    ``tolerance`` seconds. With ``use_det_threshold`` the stream is scored at the threshold of 0.5
+    false alarms per hour of the DET curve (when there is one), else at the detector's own."""
+    from kws.curve import speaker_bootstrap
+    from kws.data import speaker_of_item
+
+    model, labels = detector.model, detector.labels
+    probs, labels_true = classify_items(model, labels, items, batch_size, progress)
+    report = accuracy_report(probs, labels_true, labels)
+    speakers = [speaker_of_item(it) for it in items]
+    ci = speaker_bootstrap((probs.argmax(-1) == labels_true).numpy(), speakers)
+    result = EvaluationReport(report, ci, len(set(speakers)), len(items), tolerance=tolerance)
+    if negatives:
+        result.det = det_curve(detector, probs, labels_true, labels, negatives, progress=progress)
+        _, thr = result.det.frr_at(0.5)
+        if use_det_threshold and thr == thr:
+            detector.cfg.threshold = thr
+            detector.reset()
+    if stream is not None:
+        refs = read_truth(truth or Path(stream).with_suffix(".truth.jsonl"))
+        events = list(detect_file(detector, stream))
+        loc = localization(events, refs, tolerance)
+        result.stream = {**loc, "minutes": detector.seconds_processed / 60, "threshold": detector.cfg.threshold}
+        result.stream_path = str(stream)
+    return result
+
+
+__all__ = ["classify_items", "accuracy_report", "AccuracyReport", "EvaluationReport", "evaluate_detector", "read_truth", "stream_scores", "count_events", "DETCurve",
            "det_curve", "localization", "DetectorConfig"]

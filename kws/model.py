@@ -6,10 +6,10 @@ a dense layer -> logits over the classes (keywords + ``_unknown_`` + ``_silence_
 
 The front-end (log-mel or PCEN, global CMVN, SpecAugment) is the toolkit's shared
 :class:`asr.models.frontend.Frontend`. The CRNN's own sizes live in the model config's
-``extra.crnn`` section (:class:`CRNNConfig`); the defaults give about 230k parameters.
+``crnn`` section (:class:`asr.models.config.CRNNConfig`); the defaults give about 230k parameters.
 
 Example:
-    >>> from asr.models.config import ModelConfig
+    >>> from asr.models.config import CRNNConfig, ModelConfig
     >>> from asr.features import FeatureConfig
     >>> cfg = ModelConfig(family="crnn", features=FeatureConfig(n_mels=40))
     >>> model = CRNN(cfg, num_classes=12)
@@ -22,54 +22,27 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asr.config import ConfigError, from_dict
+from asr.config import ConfigError
 from asr.models import Family, LossOutput, register_family
-from asr.models.config import ModelConfig
+from asr.models.config import CRNNConfig, ModelConfig
 from asr.models.frontend import Frontend
 
 
-@dataclass
-class CRNNConfig:
-    conv_channels: int = 32  # filters of the 2-D convolution
-    kernel: list[int] = field(default_factory=lambda: [20, 5])  # convolution size (time frames, frequency bins)
-    stride: list[int] = field(default_factory=lambda: [8, 2])  # convolution stride (time, frequency)
-    rnn_type: str = "gru"  # gru | lstm
-    rnn_dim: int = 88  # hidden units per direction
-    rnn_layers: int = 2  # recurrent layers
-    bidirectional: bool = False  # False = forward-only (what the streaming detector runs)
-    dense: int = 64  # units of the dense layer before the output
-    dense_activation: str = "relu"  # relu | leaky_relu (slope 0.1: its units cannot all die, which once left a model at chance)
-    dropout: float = 0.1  # dropout after the convolution and before the output
-    class_balance: bool = True  # weight the loss by inverse class frequency of the training set
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    # Auxiliary CTC over the letters of each clip's "text" (the word said), on every recurrent
-    # frame; 0 = off. Only training uses the extra head (kws export drops it): it asks the
-    # recurrent layers to spell the word, meant to separate look-alikes (go / no / down); on the
-    # real held-out speakers it changed accuracy by less than a point (README).
-    ctc_weight: float = 0.0
-
-
 def crnn_config(config: ModelConfig) -> CRNNConfig:
-    """The ``extra.crnn`` section of a model config as a :class:`CRNNConfig`."""
-    extra = config.extra or {}
-    unknown = set(extra) - {"crnn"}
-    if unknown:
-        raise ConfigError(f"model.extra: unknown section(s) {sorted(unknown)} for the crnn family (expected 'crnn')")
-    cfg = from_dict(CRNNConfig, extra.get("crnn") or {}, source="model.extra.crnn")
-    if len(cfg.kernel) != 2 or len(cfg.stride) != 2 or min(cfg.kernel + cfg.stride) < 1:
-        raise ConfigError("model.extra.crnn: kernel and stride are two positive integers (time, frequency)")
+    """The ``crnn`` section of a model config, checked."""
+    cfg = config.crnn
+    if len(cfg.kernel) != 2 or len(cfg.stride) != 2 or min(list(cfg.kernel) + list(cfg.stride)) < 1:
+        raise ConfigError("model.crnn: kernel and stride are two positive integers (time, frequency)")
     if cfg.dense_activation not in ("relu", "leaky_relu"):
-        raise ConfigError(f"model.extra.crnn.dense_activation: relu or leaky_relu, not {cfg.dense_activation!r}")
+        raise ConfigError(f"model.crnn.dense_activation: relu or leaky_relu, not {cfg.dense_activation!r}")
     if not 0.0 <= cfg.ctc_weight:
-        raise ConfigError(f"model.extra.crnn.ctc_weight: must be >= 0, got {cfg.ctc_weight}")
+        raise ConfigError(f"model.crnn.ctc_weight: must be >= 0, got {cfg.ctc_weight}")
     if cfg.rnn_type not in ("gru", "lstm"):
-        raise ConfigError(f"model.extra.crnn.rnn_type: gru or lstm, not {cfg.rnn_type!r}")
+        raise ConfigError(f"model.crnn.rnn_type: gru or lstm, not {cfg.rnn_type!r}")
     return cfg
 
 
@@ -93,7 +66,7 @@ class CRNN(nn.Module):
         kt, kf = c.kernel
         st, sf = c.stride
         if kf > n_feats:
-            raise ConfigError(f"model.extra.crnn.kernel: {kf} frequency bins but the features have only {n_feats}")
+            raise ConfigError(f"model.crnn.kernel: {kf} frequency bins but the features have only {n_feats}")
         self.kernel_frames, self.stride_frames = kt, st
         self.conv = nn.Conv2d(1, c.conv_channels, (kt, kf), (st, sf))
         conv_dim = c.conv_channels * ((n_feats - kf) // sf + 1)
@@ -149,7 +122,7 @@ class CRNN(nn.Module):
         if not with_letters:
             return logits
         if self.letter_head is None:
-            raise ValueError("this CRNN has no letter head (model.extra.crnn.ctc_weight is 0)")
+            raise ValueError("this CRNN has no letter head (model.crnn.ctc_weight is 0)")
         return logits, self.letter_head(self.dropout(out)), lengths
 
     def macs_per_second(self, frame_rate: float = 100.0) -> int:
@@ -229,12 +202,17 @@ def set_class_weights(model: CRNN, items: list[dict], labels: list[str]) -> None
 
 def without_letter_head(ckpt: dict) -> dict:
     """A crnn checkpoint without the training-only letter CTC head (its config's ``ctc_weight`` set to 0)."""
-    crnn = ((ckpt.get("config") or {}).get("model") or {}).get("extra", {}).get("crnn")
+    model = (ckpt.get("config") or {}).get("model") or {}
+    where = "crnn" if "crnn" in model else "extra"
+    crnn = model.get("crnn") if where == "crnn" else (model.get("extra") or {}).get("crnn")
     if not crnn or not crnn.get("ctc_weight"):
         return ckpt
     ckpt = dict(ckpt, model={k: v for k, v in ckpt["model"].items() if not k.startswith("letter_head.")})
     config = dict(ckpt["config"])
-    config["model"] = dict(config["model"], extra=dict(config["model"]["extra"], crnn=dict(crnn, ctc_weight=0.0)))
+    if where == "crnn":
+        config["model"] = dict(model, crnn=dict(crnn, ctc_weight=0.0))
+    else:
+        config["model"] = dict(model, extra=dict(model["extra"], crnn=dict(crnn, ctc_weight=0.0)))
     ckpt["config"] = config
     return ckpt
 
@@ -243,4 +221,5 @@ def build_crnn(config: ModelConfig, num_classes: int) -> CRNN:
     return CRNN(config, num_classes)
 
 
-FAMILY = register_family(Family("crnn", build_crnn, crnn_loss, crnn_decode, targets="labels", prepare=set_class_weights))
+FAMILY = register_family(Family("crnn", build_crnn, crnn_loss, crnn_decode, targets="labels", prepare=set_class_weights,
+                                model_type=CRNN))

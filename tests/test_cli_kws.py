@@ -40,7 +40,7 @@ def trained(shared_data, tmp_path_factory):
     config = d / "kws.yaml"
     config.write_text(
         "model:\n  family: crnn\n  features: {n_mels: 40}\n  specaugment: {freq_width: 5, time_width: 0.05}\n"
-        "  extra: {crnn: {rnn_dim: 64, conv_channels: 16, dense_activation: leaky_relu}}\n"
+        "  crnn: {rnn_dim: 64, conv_channels: 16, dense_activation: leaky_relu}\n"
         f"data:\n  train: {d / 'train4.jsonl'}\n  dev: {d / 'test4.jsonl'}\n"
         "  labels: [_silence_, _unknown_, 'yes', 'no']\n  batch_size: 16\n  num_workers: 0\n"
         "  max_shift_ms: 100\n  gain_db: [-10, 6]\n"
@@ -243,7 +243,7 @@ def test_train_with_the_letter_head_then_export_drops_it(shared_data, tmp_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "kws.yaml"
     config.write_text(
-        "model:\n  family: crnn\n  features: {n_mels: 40}\n  extra: {crnn: {rnn_dim: 16, conv_channels: 8, ctc_weight: 0.5}}\n"
+        "model:\n  family: crnn\n  features: {n_mels: 40}\n  crnn: {rnn_dim: 16, conv_channels: 8, ctc_weight: 0.5}\n"
         f"data:\n  train: {manifest}\n  dev: {manifest}\n  labels: ['yes', 'no']\n  batch_size: 4\n  num_workers: 0\n"
         f"epochs: 1\nout_dir: {tmp_path / 'exp'}\nthreads: 1\ntensorboard: false\n")
     out = kws("train", "--config", str(config))
@@ -254,6 +254,6 @@ def test_train_with_the_letter_head_then_export_drops_it(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr
     shipped = torch.load(tmp_path / "m.pt", weights_only=True)
     assert not any(k.startswith("letter_head.") for k in shipped["model"])
-    assert shipped["config"]["model"]["extra"]["crnn"]["ctc_weight"] == 0.0
+    assert shipped["config"]["model"]["crnn"]["ctc_weight"] == 0.0
     out = kws("detect", str(rows[0]["audio"]), "--model", str(tmp_path / "m.pt"), "--threshold", "0.0")
     assert out.returncode == 0, out.stderr

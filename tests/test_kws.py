@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 
 from asr.features import FeatureConfig
-from asr.models import get_family
-from asr.models.config import ModelConfig
+from asr.models import family_of, get_family
+from asr.models.config import CRNNConfig, ModelConfig
 from kws.data import combine_manifests, split_by_speaker
 from kws.detect import Detector, _EventLogic
 from kws.evaluate import DETCurve, accuracy_report, count_events, localization
@@ -21,8 +21,8 @@ from kws.stream import build_stream, speech_extent
 LABELS = ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 
 
-def crnn(**extra):
-    cfg = ModelConfig(family="crnn", features=FeatureConfig(n_mels=40), extra={"crnn": extra} if extra else {})
+def crnn(**sizes):
+    cfg = ModelConfig(family="crnn", features=FeatureConfig(n_mels=40), crnn=CRNNConfig(**sizes))
     torch.manual_seed(0)
     model = CRNN(cfg, len(LABELS)).eval()
     model.frontend.set_cmvn(torch.full((40,), -8.0), torch.full((40,), 3.0))
@@ -46,8 +46,17 @@ def test_crnn_family_is_found_through_the_entry_point():
     family = get_family("crnn")
     assert family.targets == "labels"
     model = family.build(ModelConfig(family="crnn", features=FeatureConfig(n_mels=40),
-                                     extra={"crnn": {"rnn_dim": 32, "bidirectional": True}}), 5)
+                                     crnn=CRNNConfig(rnn_dim=32, bidirectional=True)), 5)
     assert model(torch.randn(2, 8000), torch.tensor([8000, 3000])).shape == (2, 5)
+    assert family_of(model) is family
+
+
+def test_old_configs_with_extra_crnn_still_load():
+    """Checkpoints and YAML files written before the typed section kept the sizes under extra.crnn."""
+    from asr.config import from_dict
+
+    cfg = from_dict(ModelConfig, {"family": "crnn", "extra": {"crnn": {"rnn_dim": 24, "kernel": [10, 5]}}})
+    assert cfg.crnn.rnn_dim == 24 and cfg.crnn.kernel == [10, 5] and cfg.extra == {}
 
 
 def test_bad_crnn_config_names_the_key():
@@ -55,8 +64,10 @@ def test_bad_crnn_config_names_the_key():
 
     with pytest.raises(ConfigError, match="rnn_type"):
         crnn(rnn_type="transformer")
-    with pytest.raises(ConfigError, match="crnn"):
-        CRNN(ModelConfig(family="crnn", features=FeatureConfig(n_mels=40), extra={"crn": {}}), 3)
+    from asr.config import from_dict
+
+    with pytest.raises(ConfigError, match="crnn: unknown key 'rnn_dimm'"):
+        from_dict(ModelConfig, {"family": "crnn", "crnn": {"rnn_dimm": 3}}, source="model")
 
 
 def test_class_weights_balance_the_training_set():
@@ -330,18 +341,20 @@ def test_letter_ctc_term_matches_path_enumeration():
     assert crnn().letter_head is None  # off by default
 
 
-def test_export_drops_the_letter_head_and_gives_the_same_scores(tmp_path):
+@pytest.mark.parametrize("layout", ["crnn", "extra"])  # the typed section, and checkpoints from before it
+def test_export_drops_the_letter_head_and_gives_the_same_scores(tmp_path, layout):
     from asr.checkpoint import export_checkpoint, load_model, save_checkpoint
     from kws.model import without_letter_head
 
     model = crnn(ctc_weight=0.5)
-    config = {"model": {"family": "crnn", "features": {"n_mels": 40}, "extra": {"crnn": {"ctc_weight": 0.5}}},
+    sizes = {"crnn": {"ctc_weight": 0.5}}
+    config = {"model": {"family": "crnn", "features": {"n_mels": 40}, **(sizes if layout == "crnn" else {"extra": sizes})},
               "data": {"labels": LABELS}}
     save_checkpoint({"format": 1, "family": "crnn", "config": config, "labels": LABELS, "model": model.state_dict(),
                      "train_state": {"step": 3}}, tmp_path / "full.pt")
     export_checkpoint(tmp_path / "full.pt", tmp_path / "ship.pt", transform=without_letter_head)
     shipped, _, labels, cfg = load_model(tmp_path / "ship.pt")
-    assert shipped.letter_head is None and cfg.model.extra["crnn"]["ctc_weight"] == 0.0 and labels == LABELS
+    assert shipped.letter_head is None and cfg.model.crnn.ctc_weight == 0.0 and labels == LABELS
     wav = torch.randn(2, 16000, generator=torch.Generator().manual_seed(2))
     lengths = torch.tensor([16000, 11000])
     with torch.no_grad():

@@ -14,7 +14,7 @@ from asr.models import get_family
 from asr.models.attention import LocationAwareAttention, LSTMAttentionDecoder, TransformerAttentionDecoder
 from asr.models.config import AttentionConfig, EncoderConfig, ModelConfig, SpecAugmentConfig
 from asr.models.ctc import CTCModel, ctc_loss
-from asr.models.encoders import length_mask
+from asr.models.subsampling import length_mask
 from asr.models.seq2seq import (
     EOS,
     AttentionModel,

@@ -38,7 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.constants import BLANK
 from asr.errors import UsageError
+from asr.models import Family, family_of, get_family
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -70,88 +72,36 @@ class EGLAdapter:
         return self.losses(self.head(model, enc, el, tokens, token_lengths), el, tokens, token_lengths)
 
 
-def _encode(model: nn.Module, wav: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_trunk(model: nn.Module, wav: torch.Tensor, wav_lengths: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trunk of every built-in family: front-end + encoder (``model.encode``)."""
     return model.encode(wav, wav_lengths)
 
 
-def _ctc_nll(logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor
-             ) -> torch.Tensor:
-    """Per-row CTC loss from pre-softmax logits ``(R, T, V)`` (blank 0; infeasible rows cost 0)."""
+def ctc_nll(logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor
+            ) -> torch.Tensor:
+    """Per-row CTC loss from pre-softmax logits ``(R, T, V)`` (infeasible rows cost 0)."""
     lp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
     if tokens.shape[1] == 0:
         tokens = tokens.new_zeros(tokens.shape[0], 1)
-    return F.ctc_loss(lp, tokens, lengths, token_lengths, blank=0, reduction="none", zero_infinity=True)
+    return F.ctc_loss(lp, tokens, lengths, token_lengths, blank=BLANK, reduction="none", zero_infinity=True)
 
 
-# -- CTC ----------------------------------------------------------------------------------------
-
-
-def _ctc_head(model, enc, enc_lengths, tokens, token_lengths) -> Tensors:
-    return (model.head.linear(enc).float(),)
-
-
-def _ctc_losses(inputs: Tensors, enc_lengths, tokens, token_lengths) -> torch.Tensor:
-    return _ctc_nll(inputs[0], enc_lengths, tokens, token_lengths)
-
-
-# -- RNN-T ----------------------------------------------------------------------------------------
-
-
-def _transducer_head(model, enc, enc_lengths, tokens, token_lengths) -> Tensors:
-    pred = model.predictor(tokens, token_lengths)  # (R, U+1, H)
-    return (model.joiner(enc, pred).float(),)  # (R, T, U+1, V)
-
-
-def _transducer_losses(inputs: Tensors, enc_lengths, tokens, token_lengths) -> torch.Tensor:
-    import torchaudio.functional as AF
-
-    return AF.rnnt_loss(inputs[0], tokens.int(), enc_lengths.int(), token_lengths.int(), blank=0,
-                        reduction="none", fused_log_softmax=True)
-
-
-# -- attention encoder-decoder --------------------------------------------------------------------
-
-
-def _attention_head(model, enc, enc_lengths, tokens, token_lengths) -> Tensors:
-    from asr.models.seq2seq import _attendable, decoder_io
-
-    ys_in, _, _ = decoder_io(tokens, token_lengths)
-    out = (model.decoder(*_attendable(enc, enc_lengths), ys_in).float(),)  # (R, U+1, V)
-    if model.ctc_head is not None:
-        out += (model.ctc_head.linear(enc).float(),)  # (R, T, V)
-    return out
-
-
-def _attention_losses(model) -> Callable[..., torch.Tensor]:
-    w, smoothing = float(model.ctc_weight), float(model.label_smoothing)
-
-    def losses(inputs: Tensors, enc_lengths, tokens, token_lengths) -> torch.Tensor:
-        from asr.models.seq2seq import decoder_io
-
-        _, ys_out, valid = decoder_io(tokens, token_lengths)
-        ce = F.cross_entropy(inputs[0].transpose(1, 2), ys_out, reduction="none", label_smoothing=smoothing)
-        att = (ce * valid).sum(1)
-        if len(inputs) == 1:
-            return att
-        return w * _ctc_nll(inputs[1], enc_lengths, tokens, token_lengths) + (1.0 - w) * att
-
-    return losses
-
-
-def _has_rnn(module: nn.Module) -> bool:
+def has_rnn(module: nn.Module) -> bool:
+    """Whether ``module`` holds recurrent layers (``torch.func.vmap`` cannot batch over them)."""
     return any(isinstance(m, nn.RNNBase) for m in module.modules())
 
 
-def adapter_for(model: nn.Module, family: str) -> EGLAdapter:
-    """The :class:`EGLAdapter` of ``model`` (a ``ctc``, ``transducer`` or ``attention`` model)."""
-    rnn = _has_rnn(model.encoder)
-    if family == "ctc":
-        return EGLAdapter("ctc", _encode, _ctc_head, _ctc_losses, output_layer="head.linear", rnn_trunk=rnn)
-    if family == "transducer":
-        return EGLAdapter("transducer", _encode, _transducer_head, _transducer_losses, rnn_trunk=rnn)
-    if family == "attention":
-        return EGLAdapter("attention", _encode, _attention_head, _attention_losses(model), rnn_trunk=rnn)
-    raise ValueError(f"EGL has no adapter for model family {family!r} (ctc, transducer or attention)")
+def adapter_for(model: nn.Module, family: Family | str | None = None) -> EGLAdapter:
+    """The :class:`EGLAdapter` of ``model``, from its family's entry in the registry
+    (``family`` by name or object; default: the family that built ``model``)."""
+    if family is None:
+        family = family_of(model)
+    elif isinstance(family, str):
+        family = get_family(family)
+    if family.egl_adapter is None:
+        raise UsageError(f"EGL has no adapter for model family {family.name!r}")
+    return family.egl_adapter(model)
 
 
 def select_parameters(model: nn.Module, prefixes: Sequence[str] | None = None) -> list[str]:

@@ -168,12 +168,12 @@ def run_selection(opts: SelectOptions) -> dict:
 
 
 def _run(opts, budget, pool, scores_path, work, needs_model, ctx) -> dict:
-    model, family, sample_rate = None, "", 16000
+    model, family, sample_rate = None, None, 16000
     if needs_model:
         from asr.checkpoint import load_model
 
-        model, fam, _, _ = load_model(opts.model, ctx.device)
-        family, sample_rate = fam.name, model.frontend.features.config.sample_rate
+        model, family, _, _ = load_model(opts.model, ctx.device, purpose="asr select", recognizer=True)
+        sample_rate = model.frontend.features.config.sample_rate
     scorer = make_scorer(opts.strategy, model, family, opts.nbest, opts.seed, opts.params or None)
     shard_dir = work / _run_tag(opts, needs_model)
     shards = [pool[i : i + opts.shard_size] for i in range(0, len(pool), opts.shard_size)]

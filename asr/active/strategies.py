@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from asr.decode.hypothesis import NBest
+from asr.models import Family, family_of, get_family
 from asr.errors import UsageError
 
 STRATEGIES = ("random", "confidence", "entropy", "egl")
@@ -96,26 +97,28 @@ def egl_scores(nbests: Sequence[NBest], sq_norms: torch.Tensor) -> list[float]:
     return out
 
 
-def decode_nbest(model: nn.Module, family: str, batch: dict, nbest: int) -> list[NBest]:
-    """The family's beam search with beam = ``nbest`` (at most ``nbest`` hypotheses per utterance)."""
-    if family == "ctc":
-        from asr.decode.ctc import ctc_decode_nbest
-
-        return ctc_decode_nbest(model, batch, nbest)
-    if family == "transducer":
-        from asr.decode.transducer import transducer_decode_nbest
-
-        return transducer_decode_nbest(model, batch, decoder="beam", beam=nbest, nbest=nbest)
-    if family == "attention":
-        from asr.decode.seq2seq import attention_decode_nbest
-
-        return attention_decode_nbest(model, batch, beam=nbest, nbest=nbest)
-    raise ValueError(f"no N-best search for model family {family!r}")
+def _family(model: nn.Module, family: Family | str | None) -> Family:
+    if family is None:
+        return family_of(model)
+    return get_family(family) if isinstance(family, str) else family
 
 
-def make_scorer(strategy: str, model: nn.Module | None = None, family: str = "", nbest: int = 4, seed: int = 0,
-                params: Sequence[str] | None = None) -> Scorer:
+def decode_nbest(model: nn.Module, family: Family | str | None, batch: dict, nbest: int) -> list[NBest]:
+    """The family's beam search with beam = ``nbest`` (at most ``nbest`` hypotheses per utterance);
+    ``family`` by object or name (default: the family that built ``model``)."""
+    family = _family(model, family)
+    if family.nbest is None:
+        raise UsageError(f"model family {family.name!r} has no N-best search")
+    from asr.decode import DecodeOptions
+
+    return family.nbest(model, batch, DecodeOptions(decoder="beam", beam=nbest), nbest=nbest)
+
+
+def make_scorer(strategy: str, model: nn.Module | None = None, family: Family | str | None = None, nbest: int = 4,
+                seed: int = 0, params: Sequence[str] | None = None) -> Scorer:
     """``scorer(batch) -> scores`` for ``strategy`` (one of :data:`STRATEGIES`).
+
+    ``family``: the model's family (object or name; default: the family that built ``model``).
 
     ``params``: parameter-name prefixes EGL differentiates (default: all trainable parameters).
     The model is put in eval mode (no dropout, no SpecAugment).
@@ -129,6 +132,7 @@ def make_scorer(strategy: str, model: nn.Module | None = None, family: str = "",
     if nbest < 1:
         raise UsageError(f"nbest must be >= 1, got {nbest}")
     model.eval()
+    family = _family(model, family)
     if strategy in ("confidence", "entropy"):
         fn = confidence_scores if strategy == "confidence" else entropy_scores
         return lambda batch: fn(decode_nbest(model, family, batch, nbest))

@@ -35,6 +35,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from asr.audio import audio_info
+from asr.constants import SILENCE, UNKNOWN
 from asr.data.manifest import write_manifest
 from asr.errors import MissingFileError, UsageError
 
@@ -57,8 +58,6 @@ ALL_WORDS_35: tuple[str, ...] = KEYWORDS_10 + (
     "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
     "backward", "forward", "follow", "learn", "visual",
 )  # fmt: skip
-UNKNOWN = "_unknown_"
-SILENCE = "_silence_"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 BACKGROUND_DIR = "_background_noise_"

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.data.sampler import DurationBucketSampler
 from asr.errors import UsageError
-from asr.models import Family
+from asr.models import Family, all_families
 from asr.text import Tokenizer
 
 
@@ -33,11 +33,13 @@ class DecodeOptions:
 
 
 def check_options(family: Family, options: DecodeOptions) -> None:
-    """Raise ``ValueError`` for a decoder name that does not exist or does not fit the family."""
-    if options.decoder not in ("greedy", "beam", "modified_beam"):
-        raise UsageError(f"unknown decoder {options.decoder!r} (greedy, beam or modified_beam)")
-    if options.decoder == "modified_beam" and family.name != "transducer":
-        raise UsageError("modified_beam is the transducer's search; use beam")
+    """Raise :class:`UsageError` for a decoder name that does not exist or does not fit the family."""
+    known = sorted({name for f in all_families() for name in f.decoders})
+    if options.decoder not in known:
+        raise UsageError(f"unknown decoder {options.decoder!r} ({', '.join(known)})")
+    if options.decoder not in family.decoders:
+        raise UsageError(f"the {family.name} family has no {options.decoder!r} decoder "
+                         f"(it has {', '.join(family.decoders)})")
 
 
 def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: DecodeOptions, tokenizer: Tokenizer,
@@ -46,22 +48,7 @@ def decode_batch(model: torch.nn.Module, family: Family, batch: dict, options: D
     check_options(family, options)
     if options.decoder == "greedy":
         return family.decode(model, batch)
-    if family.name == "ctc":
-        from asr.decode.ctc import ctc_decode_nbest
-
-        nbest = ctc_decode_nbest(model, batch, options.beam, lm=lm, lm_weight=options.lm_weight,
-                                 word_bonus=options.word_bonus, tokenizer=tokenizer)
-    elif family.name == "transducer":
-        from asr.decode.transducer import transducer_decode_nbest
-
-        nbest = transducer_decode_nbest(model, batch, decoder=options.decoder, beam=options.beam)
-    elif family.name == "attention":
-        from asr.decode.seq2seq import attention_decode_nbest
-
-        nbest = attention_decode_nbest(model, batch, beam=options.beam, ctc_weight=options.ctc_weight,
-                                       length_penalty=options.length_penalty)
-    else:
-        raise ValueError(f"family {family.name!r} has no beam search")
+    nbest = family.nbest(model, batch, options, nbest=1, tokenizer=tokenizer, lm=lm)
     return [hyps[0].tokens if hyps else [] for hyps in nbest]
 
 

@@ -569,3 +569,27 @@ def ctc_decode_nbest(model: torch.nn.Module, batch: dict, beam: int, lm: NGramLM
     log_probs, lengths = model(batch["wav"], batch["wav_lengths"])
     return ctc_beam_search_batch(log_probs, lengths, beam, tokenizer=tokenizer, lm=lm, lm_weight=lm_weight,
                                  word_bonus=word_bonus, **kwargs)
+
+
+class CTCStreamDecoder:
+    """Greedy CTC decoding carried across the chunks of a stream (the family's ``stream_decoder``).
+
+    The state holds the emitted ``tokens`` and the best token of the last frame seen (so a
+    repeat across a chunk boundary merges as it does offline).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def init_state(self, device: torch.device) -> dict:
+        return {"tokens": [], "last": BLANK}
+
+    def step(self, enc: torch.Tensor, state: dict) -> dict:
+        """Encoder frames ``(1, t, D)`` of one stream -> its new state."""
+        best = self.model.head(enc)[0].argmax(-1).tolist()
+        last, tokens = state["last"], list(state["tokens"])
+        for b in best:
+            if b != BLANK and b != last:
+                tokens.append(b)
+            last = b
+        return {"tokens": tokens, "last": last}

@@ -45,7 +45,7 @@ import torch
 from asr.decode.ctc_prefix_score import CTCPrefixScorer
 from asr.decode.hypothesis import Hypothesis, NBest
 from asr.errors import UsageError
-from asr.models.encoders import length_mask
+from asr.models.subsampling import length_mask
 from asr.models.seq2seq import EOS, PAD, AttentionModel, _attendable
 
 NEG_INF = float("-inf")

@@ -32,19 +32,10 @@ import torch
 import torch.nn as nn
 
 from asr.errors import UsageError
+from asr.models import Family, all_families, family_of
 from asr.text import Tokenizer
 
-BLANK = 0
-
 __all__ = ["Recognizer", "transcribe_stream", "algorithmic_latency_ms"]
-
-
-def _family(model: nn.Module) -> str:
-    if hasattr(model, "head"):
-        return "ctc"
-    if hasattr(model, "joiner") and hasattr(model, "predictor"):
-        return "transducer"
-    raise ValueError(f"streaming recognition supports CTC and transducer models, not {type(model).__name__}")
 
 
 def _check_streamable(encoder: nn.Module) -> None:
@@ -59,13 +50,13 @@ class Recognizer:
     """Incremental greedy recognition of one audio stream.
 
     Args:
-        model: a CTC or transducer model whose encoder streams (forward-only RNN or causal
-            Conformer); it is put in eval mode.
+        model: a model whose family streams (``Family.stream_decoder``: CTC and transducer) and whose
+            encoder streams (forward-only RNN or causal Conformer); it is put in eval mode.
         tokenizer: turns token ids into text.
         chunk_ms: the pipeline runs on whole chunks of this much audio (the rest waits for
             the next call or ``final``). Results do not depend on it; latency and the
             per-call overhead do.
-        max_symbols: transducer only: most tokens emitted on one encoder frame (as offline).
+        family: the model's family (default: the family that built ``model``, from the registry).
 
     ``infer(samples (n,), state=None, final=False) -> (text so far, state)``. Start each
     stream with ``state=None``; pass ``final=True`` with the last samples (possibly none)
@@ -73,15 +64,19 @@ class Recognizer:
     state, so one recognizer serves many streams.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, chunk_ms: float = 200.0, max_symbols: int = 5):
-        self.family = _family(model)
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, chunk_ms: float = 200.0, family: Family | None = None):
+        family = family or family_of(model)
+        if family.stream_decoder is None:
+            raise UsageError(f"the {family.name} family cannot stream (streaming recognition: "
+                             f"{', '.join(f.name for f in all_families() if f.stream_decoder)})")
         _check_streamable(model.encoder)
         if chunk_ms <= 0:
             raise UsageError(f"chunk_ms must be positive, got {chunk_ms}")
+        self.family = family
         self.model = model.eval()
+        self.decoder = family.stream_decoder(self.model)
         self.tokenizer = tokenizer
         self.chunk_ms = chunk_ms
-        self.max_symbols = max_symbols
         sr = model.frontend.features.config.sample_rate
         self.chunk_samples = max(1, int(round(chunk_ms * sr / 1000)))
 
@@ -91,17 +86,8 @@ class Recognizer:
 
     def init_state(self) -> dict:
         """A fresh stream: no audio, no tokens."""
-        state = {"samples": torch.zeros(0, device=self.device), "features": None, "encoder": None,
-                 "tokens": [], "finished": False}
-        if self.family == "ctc":
-            state["last"] = BLANK  # best token of the previous frame
-        else:
-            pred = self.model.predictor
-            out, pstate = pred.step(torch.full((1,), BLANK, dtype=torch.long, device=self.device),
-                                    pred.init_state(1, self.device))
-            state["pred_proj"] = self.model.joiner.project_predictor(out)  # (1, J)
-            state["pred_state"] = pstate
-        return state
+        return {"samples": torch.zeros(0, device=self.device), "features": None, "encoder": None,
+                "decoder": self.decoder.init_state(self.device), "finished": False}
 
     @torch.no_grad()
     def infer(self, samples: torch.Tensor, state: dict | None = None, final: bool = False) -> tuple[str, dict]:
@@ -121,7 +107,7 @@ class Recognizer:
             self._process(pending[:ready], state, final)
         state["samples"] = pending[ready:]
         state["finished"] = final
-        return self.tokenizer.decode(state["tokens"]), state
+        return self.tokenizer.decode(state["decoder"]["tokens"]), state
 
     def _process(self, samples: torch.Tensor, state: dict, final: bool) -> None:
         frontend, encoder = self.model.frontend, self.model.encoder
@@ -129,35 +115,8 @@ class Recognizer:
             feats, state["features"] = frontend.features.infer(samples.unsqueeze(0), state["features"])
             feats = frontend.cmvn(feats)
         enc, state["encoder"] = encoder.infer(feats, state["encoder"], final=final)
-        if enc.shape[1] == 0:
-            return
-        if self.family == "ctc":
-            self._ctc(enc, state)
-        else:
-            self._transducer(enc, state)
-
-    def _ctc(self, enc: torch.Tensor, state: dict) -> None:
-        best = self.model.head(enc)[0].argmax(-1).tolist()
-        last, tokens = state["last"], list(state["tokens"])
-        for b in best:
-            if b != BLANK and b != last:
-                tokens.append(b)
-            last = b
-        state["last"], state["tokens"] = last, tokens
-
-    def _transducer(self, enc: torch.Tensor, state: dict) -> None:
-        predictor, joiner = self.model.predictor, self.model.joiner
-        enc_proj = joiner.project_encoder(enc[0])  # (t, J)
-        pred_proj, pstate, tokens = state["pred_proj"], state["pred_state"], list(state["tokens"])
-        for t in range(enc_proj.shape[0]):
-            for _ in range(self.max_symbols):
-                best = joiner.joint(enc_proj[t : t + 1], pred_proj).argmax(-1)  # (1,)
-                if int(best) == BLANK:
-                    break
-                tokens.append(int(best))
-                out, pstate = predictor.step(best, pstate)
-                pred_proj = joiner.project_predictor(out)
-        state["pred_proj"], state["pred_state"], state["tokens"] = pred_proj, pstate, tokens
+        if enc.shape[1] > 0:
+            state["decoder"] = self.decoder.step(enc, state["decoder"])
 
 
 def transcribe_stream(model: nn.Module, tokenizer: Tokenizer, wav: torch.Tensor, chunk_ms: float = 200.0) -> str:

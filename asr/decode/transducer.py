@@ -40,13 +40,13 @@ from typing import Optional
 
 import torch
 
+from asr.constants import BLANK
 from asr.decode.hypothesis import Hypothesis, NBest
 from asr.errors import UsageError
 
-BLANK = 0
 NEG_INF = float("-inf")
 
-__all__ = ["transducer_beam_search", "modified_beam_search", "transducer_decode_nbest"]
+__all__ = ["transducer_beam_search", "modified_beam_search", "transducer_decode_nbest", "TransducerStreamDecoder"]
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -342,3 +342,35 @@ def transducer_decode_nbest(model, batch: dict, decoder: str = "beam", beam: int
     if decoder == "modified_beam":
         return modified_beam_search(model, enc, lengths, beam, nbest)
     raise UsageError(f"unknown decoder {decoder!r} (beam or modified_beam)")
+
+
+class TransducerStreamDecoder:
+    """Greedy transducer decoding carried across the chunks of a stream (the family's ``stream_decoder``).
+
+    The state holds the emitted ``tokens``, the predictor state and its projected last output;
+    at most ``max_symbols`` tokens are emitted per encoder frame, as offline greedy decoding does.
+    """
+
+    def __init__(self, model, max_symbols: int = 5):
+        self.model = model
+        self.max_symbols = max_symbols
+
+    def init_state(self, device: torch.device) -> dict:
+        pred = self.model.predictor
+        out, pstate = pred.step(torch.full((1,), BLANK, dtype=torch.long, device=device), pred.init_state(1, device))
+        return {"tokens": [], "pred_proj": self.model.joiner.project_predictor(out), "pred_state": pstate}
+
+    def step(self, enc: torch.Tensor, state: dict) -> dict:
+        """Encoder frames ``(1, t, D)`` of one stream -> its new state."""
+        predictor, joiner = self.model.predictor, self.model.joiner
+        enc_proj = joiner.project_encoder(enc[0])  # (t, J)
+        pred_proj, pstate, tokens = state["pred_proj"], state["pred_state"], list(state["tokens"])
+        for t in range(enc_proj.shape[0]):
+            for _ in range(self.max_symbols):
+                best = joiner.joint(enc_proj[t : t + 1], pred_proj).argmax(-1)  # (1,)
+                if int(best) == BLANK:
+                    break
+                tokens.append(int(best))
+                out, pstate = predictor.step(best, pstate)
+                pred_proj = joiner.project_predictor(out)
+        return {"tokens": tokens, "pred_proj": pred_proj, "pred_state": pstate}

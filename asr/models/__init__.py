@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from asr.config import ConfigError
+from asr.errors import UsageError
 from asr.models.config import ModelConfig
 
 
@@ -36,16 +37,29 @@ class LossOutput:
 
 @dataclass
 class Family:
-    """A model family: how to build it, its loss, and its greedy decoder.
+    """A model family: everything that differs per family, in one place.
 
-    ``targets`` says what the batches must carry: ``"tokens"`` (text through a
-    tokenizer) or ``"labels"`` (class indices).
-    ``build(config, num_outputs) -> nn.Module``;
-    ``loss(model, batch) -> LossOutput``;
-    ``decode(model, batch) -> list`` of token-id lists (or class ids) for dev error rates;
-    ``prepare(model, train_items, targets)``, optional, sets what a new model learns from
-    the training set before the first step (the keyword spotter's class weights), where
-    ``targets`` is the tokenizer or the list of class labels.
+    Callers ask the registry (:func:`get_family`, :func:`family_of`) and never branch on a
+    family's name; a new family is one module that registers one of these.
+
+    ``targets`` says what the batches must carry: ``"tokens"`` (text through a tokenizer: a
+    speech recognizer) or ``"labels"`` (class indices: a classifier such as the keyword spotter).
+
+    * ``build(config, num_outputs) -> nn.Module``; ``model_type`` is the class it returns, so
+      that :func:`family_of` finds the family of a model.
+    * ``loss(model, batch) -> LossOutput``.
+    * ``decode(model, batch) -> list`` of token-id lists (or class ids): greedy, for dev error rates.
+    * ``prepare(model, train_items, targets)``, optional: what a new model learns from the
+      training set before the first step (the keyword spotter's class weights); ``targets`` is
+      the tokenizer or the list of class labels.
+    * ``decoders``: the ``--decoder`` names the family accepts (``greedy`` always).
+    * ``nbest(model, batch, options, nbest, tokenizer, lm) -> list of N-best lists`` (best first):
+      the family's beam search with :class:`asr.decode.DecodeOptions` ``options``, at most
+      ``nbest`` hypotheses per utterance; ``None`` = greedy only.
+    * ``egl_adapter(model) -> asr.active.adapters.EGLAdapter``: how Expected Gradient Length
+      splits the model into an audio-only trunk and a label-dependent head; ``None`` = no EGL.
+    * ``stream_decoder(model)``: greedy decoding carried across the chunks of a stream (see
+      :mod:`asr.decode.streaming`); ``None`` = the family cannot stream.
     """
 
     name: str
@@ -54,6 +68,16 @@ class Family:
     decode: Callable[[nn.Module, dict], list]
     targets: str = "tokens"
     prepare: Callable[[nn.Module, list, object], None] | None = None
+    model_type: type | None = None
+    decoders: tuple[str, ...] = ("greedy",)
+    nbest: Callable[..., list] | None = None
+    egl_adapter: Callable[[nn.Module], object] | None = None
+    stream_decoder: Callable[[nn.Module], object] | None = None
+
+    @property
+    def recognizer(self) -> bool:
+        """Whether the family transcribes speech (token targets) rather than classifying clips."""
+        return self.targets == "tokens"
 
 
 FAMILIES: dict[str, Family] = {}
@@ -70,6 +94,22 @@ def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
     return FAMILIES[name]
+
+
+def all_families() -> list[Family]:
+    """Every registered family, the built-in ones and those other packages declare."""
+    _load_builtin()
+    return list(FAMILIES.values())
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family whose ``build`` made ``model`` (by its ``model_type``)."""
+    inner = getattr(model, "module", model)  # DDP / FSDP wrappers
+    for family in all_families():
+        if family.model_type is not None and isinstance(inner, family.model_type):
+            return family
+    raise UsageError(f"{type(inner).__name__} is not a model of a registered family "
+                     f"({', '.join(sorted(FAMILIES))})")
 
 
 def _load_builtin() -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from asr.config import ConfigError
 from asr.models.config import AttentionConfig
 from asr.models.conformer import SinusoidalPosition
-from asr.models.encoders import length_mask
+from asr.models.subsampling import length_mask
 
 State = dict[str, torch.Tensor]
 

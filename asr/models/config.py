@@ -75,12 +75,46 @@ class AttentionConfig:
 
 
 @dataclass
+class CRNNConfig:
+    """The small-footprint keyword spotter of the ``kws`` package (Arik et al. 2017; :mod:`kws.model`)."""
+
+    conv_channels: int = 32  # filters of the 2-D convolution
+    kernel: list[int] = field(default_factory=lambda: [20, 5])  # convolution size (time frames, frequency bins)
+    stride: list[int] = field(default_factory=lambda: [8, 2])  # convolution stride (time, frequency)
+    rnn_type: str = "gru"  # gru | lstm
+    rnn_dim: int = 88  # hidden units per direction
+    rnn_layers: int = 2  # recurrent layers
+    bidirectional: bool = False  # False = forward-only (what the streaming detector runs)
+    dense: int = 64  # units of the dense layer before the output
+    dense_activation: str = "relu"  # relu | leaky_relu (slope 0.1: its units cannot all die, which once left a model at chance)
+    dropout: float = 0.1  # dropout after the convolution and before the output
+    class_balance: bool = True  # weight the loss by inverse class frequency of the training set
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    # Auxiliary CTC over the letters of each clip's "text" (the word said), on every recurrent
+    # frame; 0 = off. Only training uses the extra head (kws export drops it): it asks the
+    # recurrent layers to spell the word, meant to separate look-alikes (go / no / down); on the
+    # real held-out speakers it changed accuracy by less than a point (README).
+    ctc_weight: float = 0.0
+
+
+@dataclass
 class ModelConfig:
-    family: str = "ctc"  # ctc | transducer | attention
+    family: str = "ctc"  # ctc | transducer | attention | crnn (the keyword spotter)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
     transducer: TransducerConfig = field(default_factory=TransducerConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    crnn: CRNNConfig = field(default_factory=CRNNConfig)
     extra: dict = field(default_factory=dict)  # settings of families registered by other packages
+
+    def __post_init__(self) -> None:
+        # configs and checkpoints written before the crnn section existed kept it under extra.crnn
+        if isinstance(self.extra, dict) and "crnn" in self.extra:
+            from asr.config import from_dict
+
+            extra = dict(self.extra)
+            old = extra.pop("crnn") or {}
+            self.crnn = from_dict(CRNNConfig, old, source="model.extra.crnn") if isinstance(old, dict) else old
+            self.extra = extra

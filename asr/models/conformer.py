@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from asr.errors import UsageError
 from asr.models.config import EncoderConfig
-from asr.models.encoders import ConvSubsampling, length_mask
+from asr.models.subsampling import ConvSubsampling, length_mask
 
 
 def chunk_attention_mask(T: int, chunk_size: int, left_chunks: int = -1, device=None) -> torch.Tensor:

@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr.constants import BLANK
 from asr.models import Family, LossOutput, register_family
 from asr.models.config import ModelConfig
 from asr.models.encoders import build_encoder
 from asr.models.frontend import Frontend
 
-BLANK = 0
 
 
 class CTCHead(nn.Module):
@@ -103,4 +103,38 @@ def build_ctc(config: ModelConfig, vocab_size: int) -> CTCModel:
     return CTCModel(config, vocab_size)
 
 
-FAMILY = register_family(Family("ctc", build_ctc, ctc_loss, ctc_decode))
+def ctc_nbest(model: CTCModel, batch: dict, options, nbest: int | None = None, tokenizer=None, lm=None) -> list:
+    """Prefix beam search (:mod:`asr.decode.ctc`) with ``options.beam``, the LM and word bonus."""
+    from asr.decode.ctc import ctc_decode_nbest
+
+    return ctc_decode_nbest(model, batch, options.beam, lm=lm, lm_weight=options.lm_weight,
+                            word_bonus=options.word_bonus, tokenizer=tokenizer)
+
+
+def _egl_head(model: CTCModel, enc, enc_lengths, tokens, token_lengths) -> tuple[torch.Tensor, ...]:
+    return (model.head.linear(enc).float(),)  # pre-softmax logits (R, T, V)
+
+
+def _egl_losses(inputs, enc_lengths, tokens, token_lengths) -> torch.Tensor:
+    from asr.active.adapters import ctc_nll
+
+    return ctc_nll(inputs[0], enc_lengths, tokens, token_lengths)
+
+
+def ctc_egl_adapter(model: CTCModel):
+    """EGL's split: the encoder is the trunk, the output layer (closed-form gradient) the head."""
+    from asr.active.adapters import EGLAdapter, encode_trunk, has_rnn
+
+    return EGLAdapter("ctc", encode_trunk, _egl_head, _egl_losses, output_layer="head.linear",
+                      rnn_trunk=has_rnn(model.encoder))
+
+
+def ctc_stream_decoder(model: CTCModel):
+    from asr.decode.ctc import CTCStreamDecoder
+
+    return CTCStreamDecoder(model)
+
+
+FAMILY = register_family(Family(
+    "ctc", build_ctc, ctc_loss, ctc_decode, model_type=CTCModel, decoders=("greedy", "beam"), nbest=ctc_nbest,
+    egl_adapter=ctc_egl_adapter, stream_decoder=ctc_stream_decoder))

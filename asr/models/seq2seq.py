@@ -32,15 +32,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asr.config import ConfigError
+from asr.constants import BLANK, EOS
 from asr.models import Family, LossOutput, register_family
 from asr.models.attention import build_decoder
 from asr.models.config import ModelConfig
 from asr.models.ctc import CTCHead, ctc_loss_per_utt
-from asr.models.encoders import build_encoder, length_mask
+from asr.models.encoders import build_encoder
+from asr.models.subsampling import length_mask
 from asr.models.frontend import Frontend
 
-EOS = 2  # <sos/eos>; also the start symbol
-PAD = 0  # <blank>, padding of token tensors
+PAD = BLANK  # padding of token tensors
 
 
 class AttentionModel(nn.Module):
@@ -239,4 +240,46 @@ def build_attention(config: ModelConfig, vocab_size: int) -> AttentionModel:
     return AttentionModel(config, vocab_size)
 
 
-FAMILY = register_family(Family("attention", build_attention, attention_loss, attention_decode))
+def attention_nbest(model: AttentionModel, batch: dict, options, nbest: int | None = None, tokenizer=None,
+                    lm=None) -> list:
+    """Beam search with ``options.beam``, the joint CTC prefix score and the length penalty."""
+    from asr.decode.seq2seq import attention_decode_nbest
+
+    return attention_decode_nbest(model, batch, beam=options.beam, ctc_weight=options.ctc_weight,
+                                  length_penalty=options.length_penalty, nbest=nbest)
+
+
+def _egl_head(model: AttentionModel, enc, enc_lengths, tokens, token_lengths) -> tuple[torch.Tensor, ...]:
+    ys_in, _, _ = decoder_io(tokens, token_lengths)
+    out = (model.decoder(*_attendable(enc, enc_lengths), ys_in).float(),)  # (R, U+1, V)
+    if model.ctc_head is not None:
+        out += (model.ctc_head.linear(enc).float(),)  # (R, T, V)
+    return out
+
+
+def _egl_losses(model: AttentionModel):
+    w, smoothing = float(model.ctc_weight), float(model.label_smoothing)
+
+    def losses(inputs, enc_lengths, tokens, token_lengths) -> torch.Tensor:
+        from asr.active.adapters import ctc_nll
+
+        _, ys_out, valid = decoder_io(tokens, token_lengths)
+        ce = F.cross_entropy(inputs[0].transpose(1, 2), ys_out, reduction="none", label_smoothing=smoothing)
+        att = (ce * valid).sum(1)
+        if len(inputs) == 1:
+            return att
+        return w * ctc_nll(inputs[1], enc_lengths, tokens, token_lengths) + (1.0 - w) * att
+
+    return losses
+
+
+def attention_egl_adapter(model: AttentionModel):
+    """EGL's split: the encoder is the trunk; the decoder (and the joint CTC head) see the hypothesis."""
+    from asr.active.adapters import EGLAdapter, encode_trunk, has_rnn
+
+    return EGLAdapter("attention", encode_trunk, _egl_head, _egl_losses(model), rnn_trunk=has_rnn(model.encoder))
+
+
+FAMILY = register_family(Family(
+    "attention", build_attention, attention_loss, attention_decode, model_type=AttentionModel,
+    decoders=("greedy", "beam"), nbest=attention_nbest, egl_adapter=attention_egl_adapter))

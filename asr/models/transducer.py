@@ -36,12 +36,12 @@ import torchaudio.functional as AF
 from torch.utils.checkpoint import checkpoint
 
 from asr.config import ConfigError
+from asr.constants import BLANK
 from asr.models import Family, LossOutput, register_family
 from asr.models.config import ModelConfig, TransducerConfig
 from asr.models.encoders import build_encoder
 from asr.models.frontend import Frontend
 
-BLANK = 0
 
 # A predictor state is a tuple of tensors whose FIRST dimension is the batch, so the
 # decoders can select, merge and reorder the states of any predictor the same way.
@@ -341,4 +341,38 @@ def build_transducer(config: ModelConfig, vocab_size: int) -> TransducerModel:
     return TransducerModel(config, vocab_size)
 
 
-FAMILY = register_family(Family("transducer", build_transducer, transducer_loss, transducer_decode))
+def transducer_nbest(model: TransducerModel, batch: dict, options, nbest: int | None = None, tokenizer=None,
+                     lm=None) -> list:
+    """``options.decoder`` ``beam`` (Graves 2012) or ``modified_beam`` (one symbol per frame, batched)."""
+    from asr.decode.transducer import transducer_decode_nbest
+
+    return transducer_decode_nbest(model, batch, decoder=options.decoder, beam=options.beam, nbest=nbest)
+
+
+def _egl_head(model: TransducerModel, enc, enc_lengths, tokens, token_lengths) -> tuple[torch.Tensor, ...]:
+    pred = model.predictor(tokens, token_lengths)  # (R, U+1, H)
+    return (model.joiner(enc, pred).float(),)  # (R, T, U+1, V)
+
+
+def _egl_losses(inputs, enc_lengths, tokens, token_lengths) -> torch.Tensor:
+    return AF.rnnt_loss(inputs[0], tokens.int(), enc_lengths.int(), token_lengths.int(), blank=BLANK,
+                        reduction="none", fused_log_softmax=True)
+
+
+def transducer_egl_adapter(model: TransducerModel):
+    """EGL's split: the encoder is the trunk; predictor and joiner see the hypothesis."""
+    from asr.active.adapters import EGLAdapter, encode_trunk, has_rnn
+
+    return EGLAdapter("transducer", encode_trunk, _egl_head, _egl_losses, rnn_trunk=has_rnn(model.encoder))
+
+
+def transducer_stream_decoder(model: TransducerModel):
+    from asr.decode.transducer import TransducerStreamDecoder
+
+    return TransducerStreamDecoder(model)
+
+
+FAMILY = register_family(Family(
+    "transducer", build_transducer, transducer_loss, transducer_decode, model_type=TransducerModel,
+    decoders=("greedy", "beam", "modified_beam"), nbest=transducer_nbest, egl_adapter=transducer_egl_adapter,
+    stream_decoder=transducer_stream_decoder))
