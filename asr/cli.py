@@ -71,12 +71,22 @@ def add_speech_commands_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download a public corpus (resumable, checksummed; needs internet)")
+    p = sub.add_parser("download", help="download a public corpus (resumable, checksummed; needs internet)",
+                       description="Download and unpack a public corpus into --root, unless it is already there "
+                                   "and complete: a LibriSpeech subset in ROOT/LibriSpeech/SUBSET (or ROOT/SUBSET) "
+                                   "whose chapters all have their transcripts, every transcribed .flac present and "
+                                   "the released number of utterances; Speech Commands in "
+                                   "ROOT/speech_commands_v0.02 (or ROOT) with its list files, every listed clip, "
+                                   "all 35 word folders, the background noise and 105,829 clips. Prints the "
+                                   "folder to prepare.")
     p.add_argument("corpus", choices=("librispeech", "speech-commands"))
     p.add_argument("--root", type=Path, required=True, help="folder to download and extract into")
     p.add_argument("--subset", default="train-clean-100",
                    help="LibriSpeech subset, e.g. train-clean-100, dev-clean, test-clean (default train-clean-100)")
     p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extracting")
+    p.add_argument("--mirror", default=None,
+                   help="base URL to fetch the archive from instead of openslr.org / download.tensorflow.org "
+                        "(e.g. an OpenSLR mirror or a local server)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -339,9 +349,9 @@ def run_download(args: argparse.Namespace) -> int:
     from asr.data import download as dl
 
     if args.corpus == "librispeech":
-        path = dl.download_librispeech(args.subset, args.root, keep_archive=args.keep_archive)
+        path = dl.download_librispeech(args.subset, args.root, keep_archive=args.keep_archive, mirror=args.mirror)
     else:
-        path = dl.download_speech_commands(args.root, keep_archive=args.keep_archive)
+        path = dl.download_speech_commands(args.root, keep_archive=args.keep_archive, mirror=args.mirror)
     print(path)
     return 0
 

@@ -394,3 +394,65 @@ def test_download_speech_commands_helper_end_to_end(server, tmp_path, monkeypatc
         dl.download_librispeech("train-clean-999", tmp_path)
     assert dl.LIBRISPEECH_URL.format(subset="dev-clean") == "https://www.openslr.org/resources/12/dev-clean.tar.gz"
     assert set(dl.LIBRISPEECH_SHA256) == set(LIBRI_COUNTS) | {"dev-other", "train-clean-360", "train-other-500"}
+
+
+def _fake_subset(base: Path, subset: str, utts: int = 3) -> Path:
+    """A LibriSpeech-layout subset of ``utts`` tiny utterances in one chapter."""
+    chapter = base / subset / "19" / "198"
+    chapter.mkdir(parents=True)
+    lines = []
+    for i in range(utts):
+        sf.write(chapter / f"19-198-{i:04d}.flac", np.zeros(1600, dtype=np.float32), 16000)
+        lines.append(f"19-198-{i:04d} WORD NUMBER {i}")
+    (chapter / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    return base / subset
+
+
+def test_librispeech_completeness_check(tmp_path):
+    folder = _fake_subset(tmp_path / "LibriSpeech", "dev-clean")
+    assert dl.librispeech_missing(folder, expected=3) is None
+    assert "3 utterances, the released subset has 2703" in dl.librispeech_missing(folder, expected=2703)
+    (folder / "19" / "198" / "19-198-0001.flac").unlink()
+    assert "19-198-0001.flac: audio missing" in dl.librispeech_missing(folder, expected=3)
+    sf.write(folder / "19" / "198" / "19-198-0001.flac", np.zeros(16, dtype=np.float32), 16000)
+    sf.write(folder / "19" / "198" / "19-198-0009.flac", np.zeros(16, dtype=np.float32), 16000)  # not transcribed
+    assert "4 .flac files but 3 transcript lines" in dl.librispeech_missing(folder, expected=3)
+
+
+@pytest.mark.parametrize("layout", ["LibriSpeech", "."])
+def test_download_keeps_a_complete_extracted_subset(tmp_path, monkeypatch, layout):
+    """A corpus already on (shared) storage is used as it is: no request is made."""
+    _fake_subset(tmp_path / layout, "dev-clean")
+    monkeypatch.setitem(dl.LIBRISPEECH_UTTERANCES, "dev-clean", 3)
+    monkeypatch.setattr(dl, "download", lambda *a, **k: pytest.fail("a complete subset was downloaded again"))
+    assert dl.download_librispeech("dev-clean", tmp_path) == tmp_path / layout  # the folder holding the subset
+    monkeypatch.setitem(dl.LIBRISPEECH_UTTERANCES, "dev-clean", 4)  # now incomplete: it must fetch
+    called = []
+    monkeypatch.setattr(dl, "download", lambda url, *a, **k: called.append(url) or (_ for _ in ()).throw(
+        dl.DownloadError(f"offline: {url}")))
+    with pytest.raises(dl.DownloadError, match="dev-clean.tar.gz"):
+        dl.download_librispeech("dev-clean", tmp_path, mirror="http://mirror.example/12")
+    assert called == ["http://mirror.example/12/dev-clean.tar.gz"]
+
+
+def test_speech_commands_completeness_check(tmp_path, monkeypatch):
+    root = tmp_path / "sc"
+    for word in ("yes", "no"):
+        (root / word).mkdir(parents=True)
+        for i in range(2):
+            sf.write(root / word / f"s{i}_nohash_0.wav", np.zeros(160, dtype=np.float32), 16000)
+    (root / "_background_noise_").mkdir()
+    for i in range(6):
+        sf.write(root / "_background_noise_" / f"n{i}.wav", np.zeros(160, dtype=np.float32), 16000)
+    (root / "validation_list.txt").write_text("yes/s0_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/s1_nohash_0.wav\n")
+    monkeypatch.setitem(dl.SPEECH_COMMANDS_WORDS, 2, 2)
+    monkeypatch.setitem(dl.SPEECH_COMMANDS_CLIPS, 2, 4)
+    assert dl.speech_commands_missing(root) is None
+    monkeypatch.setattr(dl, "download", lambda *a, **k: pytest.fail("a complete corpus was downloaded again"))
+    assert dl.download_speech_commands(root) == root
+    (root / "no" / "s1_nohash_0.wav").unlink()
+    assert "listed in testing_list.txt but missing" in dl.speech_commands_missing(root)
+    monkeypatch.setitem(dl.SPEECH_COMMANDS_CLIPS, 2, 105829)
+    (root / "testing_list.txt").write_text("")
+    assert "3 word clips, v0.02 has 105829" in dl.speech_commands_missing(root)

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from asr.data.librispeech import SUBSETS as LIBRISPEECH_SUBSETS
-from asr.errors import ToolkitError
+from asr.errors import MissingFileError, ToolkitError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ __all__ = [
     "file_digest",
     "download_librispeech",
     "download_speech_commands",
+    "librispeech_missing",
+    "speech_commands_missing",
     "LIBRISPEECH_URL",
     "SPEECH_COMMANDS_URL",
 ]
@@ -261,7 +263,7 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """
     archive, out_dir = Path(archive), Path(out_dir)
     if not archive.is_file():
-        raise FileNotFoundError(f"{archive}: archive not found")
+        raise MissingFileError(f"{archive}: archive not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
@@ -272,7 +274,7 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
                     raise UnsafeArchiveError(f"{archive}: refusing member {member.name!r}: {reason}")
                 tar.extract(member, out_dir, **safe)
     except tarfile.ReadError as e:
-        raise ValueError(f"{archive}: not a readable tar archive ({e})") from None
+        raise DownloadError(f"{archive}: not a readable tar archive ({e})") from None
     return out_dir
 
 
@@ -294,33 +296,132 @@ def _fetch_and_unpack(url: str, archive_dir: Path, out_dir: Path, sha256: str | 
         archive.unlink()
 
 
-def download_librispeech(subset: str, root: str | os.PathLike, keep_archive: bool = False) -> Path:
-    """Download and unpack one LibriSpeech subset from openslr.org into ``root``.
+# Utterances per subset of the released corpus (the counts every LibriSpeech loader reports).
+LIBRISPEECH_UTTERANCES: dict[str, int] = {
+    "dev-clean": 2703, "dev-other": 2864, "test-clean": 2620, "test-other": 2939,
+    "train-clean-100": 28539, "train-clean-360": 104014, "train-other-500": 148688,
+}
+# Word clips of the released Speech Commands archives (``<word>/*.wav``, background noise not counted).
+SPEECH_COMMANDS_CLIPS: dict[int, int] = {1: 64727, 2: 105829}
+SPEECH_COMMANDS_WORDS: dict[int, int] = {1: 30, 2: 35}
+
+
+def librispeech_missing(folder: str | os.PathLike, expected: int | None = None) -> str | None:
+    """Why the extracted LibriSpeech subset ``folder`` (``<speaker>/<chapter>/``) is not complete,
+    or ``None`` when it is.
+
+    Complete means: every chapter folder has its ``<speaker>-<chapter>.trans.txt``, every line of
+    every transcript has its non-empty ``.flac``, every ``.flac`` is transcribed, and the number of
+    utterances is ``expected`` (the released count of the subset, when known).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: not found"
+    utterances = 0
+    chapters = [c for c in sorted(folder.glob("*/*")) if c.is_dir()]
+    if not chapters:
+        return f"{folder}: no <speaker>/<chapter>/ folders"
+    for chapter in chapters:
+        trans = chapter / f"{chapter.parent.name}-{chapter.name}.trans.txt"
+        if not trans.is_file():
+            return f"{trans}: transcript missing"
+        ids = [line.split(" ", 1)[0] for line in trans.read_text(encoding="utf-8", errors="replace").splitlines()
+               if line.strip()]
+        for uid in ids:
+            flac = chapter / f"{uid}.flac"
+            if not flac.is_file() or flac.stat().st_size == 0:
+                return f"{flac}: audio missing or empty"
+        if len(list(chapter.glob("*.flac"))) != len(ids):
+            return f"{chapter}: {len(list(chapter.glob('*.flac')))} .flac files but {len(ids)} transcript lines"
+        utterances += len(ids)
+    if expected is not None and utterances != expected:
+        return f"{folder}: {utterances} utterances, the released subset has {expected}"
+    return None
+
+
+def speech_commands_missing(folder: str | os.PathLike, version: int = 2) -> str | None:
+    """Why the extracted Speech Commands ``folder`` is not complete, or ``None`` when it is.
+
+    Complete means: ``validation_list.txt`` and ``testing_list.txt`` exist and every clip they name
+    exists, the version's word folders are all there (35 for v0.02, 30 for v0.01), the
+    ``_background_noise_`` folder holds its recordings, and the number of word clips is the
+    released one (105,829 for v0.02, 64,727 for v0.01).
+    """
+    from asr.data.speech_commands import BACKGROUND_DIR, TESTING_LIST, VALIDATION_LIST
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: not found"
+    for name in (VALIDATION_LIST, TESTING_LIST):
+        listing = folder / name
+        if not listing.is_file():
+            return f"{listing}: missing"
+        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip() and not (folder / line.strip()).is_file():
+                return f"{folder / line.strip()}: listed in {name} but missing"
+    if len(list((folder / BACKGROUND_DIR).glob("*.wav"))) < 6:
+        return f"{folder / BACKGROUND_DIR}: background-noise recordings missing"
+    words = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("_") and not d.name.startswith(".")]
+    if len(words) != SPEECH_COMMANDS_WORDS[version]:
+        return f"{folder}: {len(words)} word folders, v0.0{version} has {SPEECH_COMMANDS_WORDS[version]}"
+    clips = sum(1 for d in words for _ in d.glob("*.wav"))
+    if clips != SPEECH_COMMANDS_CLIPS[version]:
+        return f"{folder}: {clips} word clips, v0.0{version} has {SPEECH_COMMANDS_CLIPS[version]}"
+    return None
+
+
+def download_librispeech(subset: str, root: str | os.PathLike, keep_archive: bool = False,
+                         mirror: str | None = None) -> Path:
+    """Download and unpack one LibriSpeech subset from openslr.org into ``root``, unless it is
+    already there, complete (:func:`librispeech_missing`), in ``root/LibriSpeech/<subset>`` or
+    ``root/<subset>`` (``root`` being the LibriSpeech folder itself).
+
+    ``mirror``: a base URL to fetch ``<subset>.tar.gz`` from instead of openslr.org.
 
     Returns:
-        ``root/LibriSpeech`` (holding ``<subset>/``), ready for
-        :func:`asr.data.librispeech.prepare_librispeech`.
+        the folder holding ``<subset>/``, ready for :func:`asr.data.librispeech.prepare_librispeech`.
     """
     if subset not in LIBRISPEECH_SUBSETS:
-        raise ValueError(f"unknown LibriSpeech subset {subset!r}; choose from {', '.join(LIBRISPEECH_SUBSETS)}")
+        raise UsageError(f"unknown LibriSpeech subset {subset!r}; choose from {', '.join(LIBRISPEECH_SUBSETS)}")
     root = Path(root)
-    url = LIBRISPEECH_URL.format(subset=subset)
+    expected = LIBRISPEECH_UTTERANCES.get(subset)
+    for base in (root / "LibriSpeech", root):
+        if (base / subset).is_dir() and not (root / f".{subset}.tar.gz.extracted").is_file():
+            reason = librispeech_missing(base / subset, expected)
+            if reason is None:
+                log.info("%s: already there and complete (%d utterances); not downloading", base / subset, expected)
+                return base
+            log.warning("%s is incomplete (%s): downloading it again", base / subset, reason)
+    url = LIBRISPEECH_URL.format(subset=subset) if not mirror else f"{mirror.rstrip('/')}/{subset}.tar.gz"
     _fetch_and_unpack(url, root, root, LIBRISPEECH_SHA256.get(subset), keep_archive)
     return root / "LibriSpeech"
 
 
-def download_speech_commands(root: str | os.PathLike, version: int = 2, keep_archive: bool = False) -> Path:
-    """Download and unpack Speech Commands v0.01 or v0.02 into ``root/speech_commands_v0.0<version>``.
+def download_speech_commands(root: str | os.PathLike, version: int = 2, keep_archive: bool = False,
+                             mirror: str | None = None) -> Path:
+    """Download and unpack Speech Commands v0.01 or v0.02 into ``root/speech_commands_v0.0<version>``,
+    unless that folder (or ``root`` itself) already holds the complete corpus
+    (:func:`speech_commands_missing`).
 
-    The archive has no top folder, so it is unpacked into that sub-folder.
+    The archive has no top folder, so it is unpacked into that sub-folder. ``mirror``: a base URL
+    to fetch ``speech_commands_v0.0<version>.tar.gz`` from instead of download.tensorflow.org.
 
     Returns:
         the corpus folder, ready for :func:`asr.data.speech_commands.prepare_speech_commands`.
     """
     if version not in (1, 2):
-        raise ValueError(f"Speech Commands version must be 1 or 2, got {version!r}")
+        raise UsageError(f"Speech Commands version must be 1 or 2, got {version!r}")
     root = Path(root)
     out_dir = root / f"speech_commands_v0.0{version}"
+    for folder in (out_dir, root):
+        if (folder / "testing_list.txt").is_file() and not any(folder.glob(".*.extracted")):
+            reason = speech_commands_missing(folder, version)
+            if reason is None:
+                log.info("%s: already there and complete; not downloading", folder)
+                return folder
+            log.warning("%s is incomplete (%s): downloading it again", folder, reason)
     url = SPEECH_COMMANDS_URL.format(version=version)
+    if mirror:
+        url = f"{mirror.rstrip('/')}/{posixpath.basename(urlparse(url).path)}"
     _fetch_and_unpack(url, root, out_dir, SPEECH_COMMANDS_SHA256.get(version), keep_archive)
     return out_dir

@@ -3,7 +3,9 @@
 #
 #   recipes/librispeech/run.sh ctc|transducer|attention [key=value ...]
 #
-# Environment: CORPORA (download folder, default corpora), SUBSETS (training subsets,
+# Environment: CORPORA (download folder, default corpora; a folder that already holds LibriSpeech
+# - CORPORA/LibriSpeech/<subset> or CORPORA/<subset> - is used as it is when each subset is
+# complete, so the recipe runs offline on shared storage), SUBSETS (training subsets,
 # default "train-clean-100"), DATA (manifest folder), EXP (output folder).
 # Multi-GPU: set NPROC=8 to launch the training through torchrun (DistributedDataParallel).
 set -euo pipefail
@@ -17,9 +19,9 @@ exp=${EXP:-exp/librispeech/$family}
 nproc=${NPROC:-1}
 
 for subset in $subsets dev-clean test-clean test-other; do
-    asr download librispeech --root "$corpora" --subset "$subset"
+    base=$(asr download librispeech --root "$corpora" --subset "$subset")  # kept when already complete
 done
-asr prepare librispeech "$corpora/LibriSpeech" --out "$data"
+asr prepare librispeech "$base" --out "$data" --subsets $subsets dev-clean test-clean test-other
 
 # concatenate the training subsets into one manifest
 train="$data/train.jsonl"

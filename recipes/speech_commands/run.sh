@@ -9,8 +9,9 @@
 # Then accuracy, per-class accuracy and confusion on the test split; for 12 classes also the FRR
 # at 0.5 false alarms per hour on a 1-hour keyword-free recording of test _unknown_/_silence_
 # clips, with a DET plot.
-# Environment: CORPORA (download folder, default corpora), ROOT (an extracted corpus: skips the
-# download), DATA (manifests), EXP (outputs).
+# Environment: CORPORA (download folder, default corpora; a complete corpus already in
+# CORPORA/speech_commands_v0.02 or CORPORA itself is used without downloading), ROOT (an extracted
+# corpus used as it is, complete or not), DATA (manifests), EXP (outputs).
 # Multi-GPU: NPROC=N launches the training through torchrun.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,8 +22,7 @@ data=${DATA:-data/speech_commands_$protocol}
 exp=${EXP:-exp/speech_commands/crnn$protocol}
 nproc=${NPROC:-1}
 
-root=${ROOT:-$corpora/speech_commands_v0.02}
-[ -d "$root" ] || asr download speech-commands --root "$corpora"
+root=${ROOT:-$(asr download speech-commands --root "$corpora")}  # kept when already complete
 if [ "$protocol" = 12 ]; then
     kws prepare "$root" --out "$data" --protocol 12 --unknown-fraction 1.0
 else
