@@ -394,5 +394,7 @@ def test_letter_ctc_head_learns_which_word_was_said():
                                                 reduction="none")
 
     own, swapped = nll(["up", "no"]), nll(["no", "up"])
-    assert out.metrics["ctc"] < first / 10, (first, out.metrics["ctc"])
-    assert (swapped - own > 5.0).all(), (own, swapped)  # the other word is e^5 times less likely, or less
+    print(f"letter CTC loss {first:.2f} -> {out.metrics['ctc']:.4f}; margin of the other word {(swapped - own).tolist()}")
+    assert out.metrics["ctc"] < first / 10, (first, out.metrics["ctc"])  # measured here: first / 29
+    # the other word is at least e^2 times less likely (measured here: e^8 and e^9)
+    assert (swapped - own > 2.0).all(), (own, swapped)

