@@ -228,7 +228,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     if args.streaming:
         return _transcribe_streaming(model, family, tokenizer, items, args.chunk_ms, device, failed)
     texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True,
-                             options=_decode_options(args))
+                             options=_decode_options(args),
+                             on_error=lambda item, e: print(f"asr transcribe: error: {e}", file=sys.stderr))
     for item, text in zip(items, texts):
         if text is None:
             failed += 1
@@ -286,7 +287,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model, family, tokenizer, _ = load_model(args.model, device, purpose="asr evaluate", recognizer=True)
-    items = read_manifest(args.manifest, needs_text=True)
+    items = read_manifest(args.manifest, needs_text=True, check_audio=True)
     hyps = transcribe_items(model, family, tokenizer, items, args.batch_size, device, options=_decode_options(args))
     refs = [normalize_text(it["text"]) for it in items]
     rates = error_rates(refs, hyps)

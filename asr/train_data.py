@@ -103,7 +103,7 @@ def _noises(cfg: DataConfig, sample_rate: int) -> list[torch.Tensor]:
     if not cfg.noise_manifest:
         return []
     noises = []
-    for it in read_manifest(cfg.noise_manifest, skip_bad=cfg.skip_bad):
+    for it in read_manifest(cfg.noise_manifest, skip_bad=cfg.skip_bad, check_audio=True):
         try:
             noises.append(read_audio(it["audio"], sample_rate, it.get("offset", 0.0),
                                      it.get("duration") if "offset" in it else None)[0])
@@ -150,13 +150,13 @@ def build_data(config: TrainConfig, family: Family, ctx: DistContext, resume: di
     if not cfg.train:
         raise ConfigError("data.train (the training manifest) is not set")
     sr = config.model.features.sample_rate
-    train_items = _filter_durations(read_manifest(cfg.train, skip_bad=cfg.skip_bad, needs_text=True), cfg, ctx.is_main)
+    train_items = _filter_durations(read_manifest(cfg.train, skip_bad=cfg.skip_bad, needs_text=True, check_audio=True), cfg, ctx.is_main)
     tokenizer, labels = _targets(config, family, train_items, resume, ctx.is_main)
     common = dict(sample_rate=sr, tokenizer=tokenizer, labels=labels, skip_bad=cfg.skip_bad, seed=config.seed)
     train_set = AudioDataset(train_items, augment=build_augment(cfg, sr), **common)
     dev_set = dev_sampler = None
     if cfg.dev:
-        dev_set = AudioDataset(read_manifest(cfg.dev, skip_bad=cfg.skip_bad, needs_text=True), **common)
+        dev_set = AudioDataset(read_manifest(cfg.dev, skip_bad=cfg.skip_bad, needs_text=True, check_audio=True), **common)
         dev_sampler = _sampler(dev_set.durations, cfg, config.seed, ctx, train=False)
     return TrainData(train_items, tokenizer, labels, train_set, _sampler(train_set.durations, cfg, config.seed, ctx, True),
                      dev_set, dev_sampler, cfg.num_workers, config.seed, pin_memory=ctx.device.type == "cuda")

@@ -2,7 +2,6 @@
 the event logic against a brute-force reference, evaluation figures, the long-stream builder."""
 
 import json
-import random
 
 import numpy as np
 import pytest

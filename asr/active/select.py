@@ -152,7 +152,7 @@ def run_selection(opts: SelectOptions) -> dict:
     """
     _check(opts)
     budget = parse_budget(opts.budget)
-    pool = read_manifest(opts.pool)
+    pool = read_manifest(opts.pool, check_audio=True)
     if not pool:
         raise UsageError(f"{opts.pool}: the pool manifest is empty")
     scores_path, work = _paths(opts)

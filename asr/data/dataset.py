@@ -41,7 +41,8 @@ class AudioDataset(torch.utils.data.Dataset):
         augment: ``f(wav, generator) -> wav`` applied to the waveform, except for items with
             ``"augment": false`` (e.g. copies of real recordings to be heard as they are).
         skip_bad: an unreadable file yields ``None`` (dropped by :func:`collate_batch`
-            and counted) instead of raising :class:`AudioError`.
+            and counted) instead of raising :class:`AudioError`; ``on_error(item, error)`` is told
+            (default: a warning in the log).
         seed: augmentation randomness comes from ``(seed, epoch, index)``: reproducible
             whatever the worker count.
     """
@@ -55,12 +56,14 @@ class AudioDataset(torch.utils.data.Dataset):
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         skip_bad: bool = False,
         seed: int = 0,
+        on_error: Callable[[dict, AudioError], None] | None = None,
     ):
         self.items = list(items)
         self.sample_rate, self.tokenizer, self.augment = sample_rate, tokenizer, augment
         self.label_index = {l: i for i, l in enumerate(labels)} if labels is not None else None
         self.skip_bad, self.seed, self.epoch = skip_bad, seed, 0
         self.bad_files = 0
+        self.on_error = on_error
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -83,7 +86,10 @@ class AudioDataset(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             self.bad_files += 1
-            log.warning("skipping %s (id %s): %s", e.path, item["id"], e.reason)
+            if self.on_error is not None:
+                self.on_error(item, e)
+            else:
+                log.warning("skipping %s (id %s): %s", e.path, item["id"], e.reason)
             return None
         if self.augment is not None and item.get("augment", True) is not False:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)

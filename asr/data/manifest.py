@@ -61,41 +61,52 @@ def _check_item(item, needs_text: bool) -> str | None:
     return None
 
 
-def read_manifest(path: str | os.PathLike, skip_bad: bool = False, needs_text: bool = False) -> list[dict]:
+def read_manifest(path: str | os.PathLike, skip_bad: bool = False, needs_text: bool = False,
+                  check_audio: bool = False) -> list[dict]:
     """Read a JSON-lines manifest and resolve audio paths.
 
     Args:
         path: the manifest file.
         skip_bad: on a malformed line, warn (once, with a count) and go on instead of raising.
         needs_text: every item must carry ``text`` or ``label``.
+        check_audio: every item's audio file must exist (one ``stat`` per item), so that a
+            missing file is reported with the manifest line that names it, before any work.
 
     Raises:
         ManifestError: naming the file and line number, unless ``skip_bad``.
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(path, None, "manifest not found")
+        raise ManifestError(path, None, "manifest not found" if not path.is_dir() else "is a folder, not a manifest")
     root = path.parent
     items, bad, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                item = json.loads(line)
-                reason = _check_item(item, needs_text)
-            except json.JSONDecodeError as e:
-                reason = f"not valid JSON ({e.msg} at column {e.colno})"
-            if reason is None and item["id"] in seen:
-                reason = f"duplicate id {item['id']!r}"
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line, reason = None, "not UTF-8 text (is this a manifest?)"
+            if line is not None:
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                    reason = _check_item(item, needs_text)
+                except json.JSONDecodeError as e:
+                    reason = f"not valid JSON ({e.msg} at column {e.colno})"
+                if reason is None and item["id"] in seen:
+                    reason = f"duplicate id {item['id']!r}"
+            if reason is None:
+                audio = Path(item["audio"])
+                item["audio"] = str(audio) if audio.is_absolute() else os.path.normpath(root / audio)
+                if check_audio and not os.path.isfile(item["audio"]):
+                    reason = f"audio file not found: {item['audio']}"
             if reason is not None:
                 if not skip_bad:
                     raise ManifestError(path, lineno, reason)
                 bad.append(f"line {lineno}: {reason}")
                 continue
             seen.add(item["id"])
-            audio = Path(item["audio"])
-            item["audio"] = str(audio) if audio.is_absolute() else os.path.normpath(root / audio)
             items.append(item)
     if bad:
         log.warning("%s: skipped %d malformed line(s); first: %s", path, len(bad), bad[0])

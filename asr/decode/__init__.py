@@ -72,19 +72,20 @@ def transcribe_items(
     progress: bool = True,
     skip_bad: bool = False,
     options: DecodeOptions | None = None,
+    on_error=None,
 ) -> list[str | None]:
     """Transcripts of ``items`` (manifest dicts with ``id``/``audio``), in input order.
 
     ``options`` picks the decoder (greedy by default).
-    With ``skip_bad`` an unreadable file gives ``None`` (and a warning naming it) instead
-    of raising :class:`asr.audio.AudioError`.
+    With ``skip_bad`` an unreadable file gives ``None`` (and a warning naming it, or a call of
+    ``on_error(item, error)``) instead of raising :class:`asr.audio.AudioError`.
     """
     model.eval()
     options = options or DecodeOptions()
     check_options(family, options)  # before reading any audio
     lm = load_lm(options)
     sr = model.frontend.features.config.sample_rate
-    dataset = AudioDataset(items, sample_rate=sr, skip_bad=skip_bad)
+    dataset = AudioDataset(items, sample_rate=sr, skip_bad=skip_bad, on_error=on_error)
     durations = [float(it.get("duration", 0.0)) for it in items]
     sampler = DurationBucketSampler(durations, batch_size=batch_size, shuffle=False, rank=0, world_size=1)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch)

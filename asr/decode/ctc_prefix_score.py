@@ -108,7 +108,6 @@ class CTCPrefixScorer:
             to :meth:`select`.
         """
         N, C = tokens.shape
-        T = self.T
         y = self.log_probs[state.utt.unsqueeze(1), tokens].double()  # (N, C, T): frames 1..T
         cum = torch.cat([y.new_zeros(N, C, 1), y.cumsum(-1)], dim=-1)  # (N, C, T+1)
         repeat = (tokens == state.last.unsqueeze(1)).unsqueeze(-1)  # (N, C, 1)
