@@ -220,7 +220,7 @@ def run_evaluate(args) -> int:
     from kws.evaluate import evaluate_detector
 
     detector = _detector(args, purpose="kws evaluate")
-    report = evaluate_detector(detector, read_manifest(args.manifest), args.negative, args.stream, args.truth,
+    report = evaluate_detector(detector, read_manifest(args.manifest, check_audio=True), args.negative, args.stream, args.truth,
                                args.tolerance, args.batch_size, use_det_threshold=args.threshold is None)
     print(report.format())
     if report.det is not None:
