@@ -8,7 +8,10 @@ Subcommands:
   split MANIFEST --out DIR        speaker-disjoint parts of a manifest (e.g. train/test)
   combine OUT IN[:REPEAT[:CLEAN]]... one manifest from several, repeating some
   make-stream --manifest M --out F.wav   a long recording of clips in noise, with keyword truth
-  export CKPT OUT                 a checkpoint without its training state (for shipping a model)
+  export CKPT OUT                 a checkpoint without its training state (for shipping a model), with a
+                                  threshold calibrated to a target false alarms per hour (--target-fa-h)
+  cut IN... --out W.jsonl         running speech cut into 1-s _unknown_ windows (training negatives)
+  mine --model M IN... --out H.jsonl   the windows the detector fires on in speech (hard negatives)
   curve MANIFEST=EVAL.json...     held-out accuracy against real training speakers: CSV, PNG, log-linear fit
 """
 
@@ -88,6 +91,10 @@ def _add_detector_flags(p) -> None:
     p.add_argument("--end-pad", type=float, default=None,
                    help="seconds of quiet noise read after the end of each file, so that a keyword in its last second "
                         "(a 1-s clip) is seen by several windows (default 0.5; not counted in the file's length)")
+    p.add_argument("--isolation-db", type=float, default=None,
+                   help="keep only keywords said on their own: drop an event when the loudest 50 ms of the half "
+                        "second before or after the word (beyond 0.15 s) is within this many dB of the word's loudest "
+                        "(default: the model's stored setting, else 0 = off)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
 
@@ -116,6 +123,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--manifest", type=Path, required=True, help="clips with a 'label' field")
     _add_detector_flags(p)
     p.add_argument("--negative", type=Path, nargs="*", default=[], help="long recordings without any keyword")
+    p.add_argument("--speech", type=Path, nargs="*", default=[],
+                   help="transcribed running speech (manifests with 'text'): a detection of a keyword that is not a "
+                        "word of the utterance's transcript is a false alarm; prints false alarms per hour (total and "
+                        "per keyword) and the FRR at 0.5 and 2 false alarms per hour of running speech")
     p.add_argument("--det-plot", type=Path, default=None, help="DET curve PNG (default: det.png beside --json, or none)")
     p.add_argument("--stream", type=Path, default=None, help="a long recording with keywords (see make-stream)")
     p.add_argument("--truth", type=Path, default=None, help="the keyword times of --stream (JSON lines)")
@@ -154,6 +165,48 @@ def _add_export(sub) -> None:
                         "given), e.g. the one `kws evaluate` reports at 0.5 false alarms per hour")
     p.add_argument("--threshold-from", type=Path, default=None,
                    help="take the threshold at 0.5 false alarms per hour from a `kws evaluate --json` file")
+    p.add_argument("--target-fa-h", type=float, default=None,
+                   help="calibrate: store the lowest threshold whose false alarms per hour on --speech and --negative "
+                        "(together) are at most this")
+    p.add_argument("--speech", type=Path, nargs="*", default=[],
+                   help="transcribed running speech for --target-fa-h (manifests; keywords of a transcript are not "
+                        "false alarms)")
+    p.add_argument("--negative", type=Path, nargs="*", default=[],
+                   help="keyword-free recordings for --target-fa-h (audio files or manifests)")
+    p.add_argument("--min-threshold", type=float, default=0.5,
+                   help="--target-fa-h never stores a threshold below this (default 0.5)")
+    for flag, kind, what in (("--smooth", int, "windows averaged"), ("--patience", int, "windows above the threshold"),
+                             ("--isolation-db", float, "the isolation rule (see kws detect --help)")):
+        p.add_argument(flag, type=kind, default=None, help=f"store this setting of {what} with the model")
+
+
+def _add_cut(sub) -> None:
+    p = sub.add_parser("cut", help="running speech cut into keyword-free training windows",
+                       description="Cut recordings (audio files or manifests of long utterances) into windows as long "
+                                   "as a keyword clip, written as manifest items with offset/duration into the source "
+                                   "files (no audio is copied) and the label _unknown_: running speech for a keyword "
+                                   "spotter to learn to ignore.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="audio files or .jsonl manifests")
+    p.add_argument("--out", type=Path, required=True, help="the manifest to write")
+    p.add_argument("--window", type=float, default=1.0, help="seconds per window (default 1.0, a Speech Commands clip)")
+    p.add_argument("--hop", type=float, default=0.5, help="seconds between window starts (default 0.5)")
+    p.add_argument("--label", default="_unknown_", help="label of the windows (default _unknown_)")
+    p.add_argument("--skip-keywords", default=None,
+                   help="comma-separated words: utterances whose transcript holds one of them give no windows")
+
+
+def _add_mine(sub) -> None:
+    p = sub.add_parser("mine", help="hard negatives: the windows the detector fires on in speech",
+                       description="Run the detector at a low threshold over keyword-free audio, or over transcribed "
+                                   "speech (a hit on a keyword of the utterance's transcript is skipped), and write the "
+                                   "best window of every event as an _unknown_ manifest item (offset/duration into the "
+                                   "source file, with the keyword and score that fired). Add them to the training "
+                                   "data and train again.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="audio files or .jsonl manifests")
+    p.add_argument("--out", type=Path, required=True, help="the manifest of mined windows to write")
+    _add_detector_flags(p)
+    p.set_defaults(mine_threshold=0.3)
+    p.epilog = "--threshold defaults to 0.3 here: mining wants the near misses too."
 
 
 def _add_curve(sub) -> None:
@@ -173,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_detect, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
-                _add_export):
+                _add_export, _add_cut, _add_mine):
         add(sub)
     return parser
 
@@ -185,7 +238,7 @@ def _detector(args, purpose: str = "kws detect"):
 
     torch.set_num_threads(max(1, args.threads))
     model, labels, cfg = load_detector(args.model, purpose=purpose)
-    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad"):
+    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad", "isolation_db"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
@@ -220,13 +273,16 @@ def run_evaluate(args) -> int:
     from kws.evaluate import evaluate_detector
 
     detector = _detector(args, purpose="kws evaluate")
+    from kws.speech import speech_items
+
+    speech = speech_items(args.speech) if args.speech else ()
     report = evaluate_detector(detector, read_manifest(args.manifest, check_audio=True), args.negative, args.stream, args.truth,
-                               args.tolerance, args.batch_size, use_det_threshold=args.threshold is None)
+                               args.tolerance, args.batch_size, use_det_threshold=args.threshold is None, speech=speech)
     print(report.format())
-    if report.det is not None:
+    if report.det is not None or report.speech_det is not None:
         plot = args.det_plot or (args.json.with_suffix(".det.png") if args.json else None)
         if plot:
-            report.det.save_plot(plot)
+            report.save_plot(plot)
             print(f"DET curve: {plot}")
     if args.json:
         with atomic_open(args.json, "w") as f:
@@ -334,21 +390,69 @@ def _threshold_from(path: Path) -> float:
 
 def run_export(args) -> int:
     from asr.checkpoint import export_checkpoint
-    from kws.detect import load_detector
+    from kws.detect import Detector, load_detector
     from kws.model import without_letter_head
 
-    load_detector(args.checkpoint, purpose="kws export")  # a keyword spotter that loads, before anything is written
+    model, labels, cfg = load_detector(args.checkpoint, purpose="kws export")  # a keyword spotter, before anything is written
+    settings: dict = {}
+    for key in ("smooth", "patience", "isolation_db"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+            setattr(cfg, key, getattr(args, key))
     threshold = _threshold_from(args.threshold_from) if args.threshold_from is not None else args.threshold
-    extra = {"detector": {"threshold": float(threshold)}} if threshold is not None else None
+    if args.target_fa_h is not None:
+        if threshold is not None:
+            raise UsageError("give one of --threshold, --threshold-from and --target-fa-h")
+        if not args.speech and not args.negative:
+            raise UsageError("--target-fa-h needs --speech and/or --negative audio to count false alarms on")
+        from kws.speech import calibrate_threshold, speech_items
+
+        threshold, fa = calibrate_threshold(Detector(model, labels, config=cfg), speech_items([*args.speech, *args.negative]),
+                                            args.target_fa_h, args.min_threshold)
+        print(f"threshold {threshold:.4f}: {fa:.2f} false alarms per hour on the calibration audio "
+              f"(target {args.target_fa_h:g})")
+    if threshold is not None:
+        settings["threshold"] = float(threshold)
+    extra = {"detector": settings} if settings else None
     size = export_checkpoint(args.checkpoint, args.out, extra, transform=without_letter_head)
     model, labels, _ = load_detector(args.out, purpose="kws export")
     print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
     return 0
 
 
+def run_cut(args) -> int:
+    from asr.data.manifest import write_manifest
+    from kws.speech import cut_windows, speech_items
+
+    skip = [w.strip().lower() for w in args.skip_keywords.split(",") if w.strip()] if args.skip_keywords else ()
+    items = speech_items(args.inputs)
+    windows = cut_windows(items, args.window, args.hop, args.label, skip)
+    write_manifest(args.out, windows)
+    print(f"{args.out}\t{len(windows)} windows\tfrom {len(items)} recordings")
+    return 0
+
+
+def run_mine(args) -> int:
+    from asr.data.manifest import write_manifest
+    from kws.speech import mine_hard_negatives, speech_items
+
+    if args.threshold is None:
+        args.threshold = args.mine_threshold
+    detector = _detector(args, purpose="kws mine")
+    items = speech_items(args.inputs)
+    mined = mine_hard_negatives(detector, items, detector.cfg.threshold)
+    write_manifest(args.out, mined)
+    per: dict[str, int] = {}
+    for it in mined:
+        per[it["keyword"]] = per.get(it["keyword"], 0) + 1
+    print(f"{args.out}\t{len(mined)} windows at threshold {detector.cfg.threshold:g}\t"
+          + " ".join(f"{k}={n}" for k, n in sorted(per.items(), key=lambda kv: -kv[1])))
+    return 0
+
+
 COMMANDS = {"detect": run_detect, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
             "split": run_split, "combine": run_combine, "make-stream": run_make_stream, "curve": run_curve,
-            "export": run_export}
+            "export": run_export, "cut": run_cut, "mine": run_mine}
 
 
 def main(argv: list[str] | None = None) -> int:

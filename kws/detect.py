@@ -11,7 +11,12 @@
    ``patience`` windows becomes one event, reported when the run ends (or reaches
    ``max_event`` seconds) with its best score and the span of its best window's frames
    within ``trim_db`` of their loudest (the word rather than the whole window);
-   after an event, nothing fires for ``refractory`` seconds.
+   after an event, nothing fires for ``refractory`` seconds;
+6. with ``isolation_db`` set, an event is kept only when the word stands alone: the loudest
+   50 ms of the ``isolation_context`` seconds before and after it (beyond a gap of
+   ``isolation_gap`` seconds) is at least ``isolation_db`` below the word's loudest 50 ms.
+   A command is said on its own; a keyword-like syllable of running speech has speech
+   right next to it. The decision waits until the audio after the word has arrived.
 
 At the end of a stream ``end_pad`` seconds of quiet noise are read (and not counted as audio),
 so that a keyword in the last second, as in a one-second clip, still passes several windows.
@@ -76,6 +81,49 @@ class DetectorConfig:
     # seconds of quiet noise (-70 dBFS) read after the end of the stream, not counted as audio: without it a
     # keyword in the last second (a 1-s clip, say) is seen by a single window and cannot pass smooth/patience
     end_pad: float = 0.5
+    isolation_db: float = 0.0  # > 0: drop events with speech this close in level right before or after (0 = off)
+    isolation_gap: float = 0.15  # seconds next to the word not looked at (its own onset and decay)
+    isolation_context: float = 0.5  # seconds on each side that must be quieter than the word
+
+
+_LOG_TO_DB = 10.0 / math.log(10.0)  # the features' energies are natural logs of power
+
+
+def word_bounds(energy: torch.Tensor, offset: int, w: int, window_start: float, window_frames: int,
+                frame_seconds: float, frames_per_window_step: int, trim_db: float) -> tuple[float, float]:
+    """Start and end (seconds) of window ``w``'s frames within ``trim_db`` of its loudest.
+
+    ``energy`` holds the log energy of feature frames ``offset, offset + 1, ...``.
+    """
+    start, end = window_start, window_start + window_frames * frame_seconds
+    if trim_db <= 0:
+        return start, end
+    first = w * frames_per_window_step - offset
+    e = energy[max(0, first): max(0, first + window_frames)]
+    if first < 0 or e.numel() == 0:  # (older than the energy buffer: keep the whole window)
+        return start, end
+    loud = torch.nonzero(e >= e.max() - trim_db / _LOG_TO_DB).flatten()
+    return start + float(loud[0]) * frame_seconds, start + float(loud[-1] + 1) * frame_seconds
+
+
+def isolation_margin(energy: torch.Tensor, offset: int, start: float, end: float, frame_seconds: float,
+                     gap: float, context: float) -> float:
+    """dB between the loudest 50 ms of the word ``[start, end)`` and the loudest 50 ms of the
+    ``context`` seconds on either side of it (beyond ``gap``); ``inf`` when there is no context
+    (the start of a stream)."""
+    lo = max(0, int(math.floor((start - gap - context) / frame_seconds)) - offset)
+    hi = min(energy.numel(), int(math.ceil((end + gap + context) / frame_seconds)) - offset)
+    if hi - lo <= 0:
+        return math.inf
+    seg = energy[lo:hi].reshape(1, 1, -1)
+    k = max(1, int(round(0.05 / frame_seconds)))
+    seg = torch.nn.functional.avg_pool1d(seg, k, 1, padding=k // 2, count_include_pad=False)[0, 0, : hi - lo]
+    t = (torch.arange(hi - lo) + lo + offset) * frame_seconds
+    word = seg[(t >= start) & (t < end)]
+    ctx = seg[(t < start - gap) | (t >= end + gap)]
+    if word.numel() == 0 or ctx.numel() == 0:
+        return math.inf
+    return float(word.max() - ctx.max()) * _LOG_TO_DB
 
 
 class _EventLogic:
@@ -157,12 +205,14 @@ class Detector:
         fc = model.frontend.features.config
         self.sample_rate = fc.sample_rate
         self.frame_seconds = fc.hop_length / fc.sample_rate
-        kt, st = model.kernel_frames, model.stride_frames
+        st = model.stride_frames
         self.conv_seconds = st * self.frame_seconds
         self.window_frames = int(model.conv_lengths(torch.tensor(fc.num_frames(int(round(window * fc.sample_rate))))))
         self.window_seconds = window
+        self._window_feature_frames = int(round(window / self.frame_seconds))
         self.hop = max(1, int(round(cfg.hop / self.conv_seconds)))  # in convolution frames
         self.batch_windows = batch_windows
+        self.record_energy = False  # keep every frame's energy in energy_log (for threshold sweeps), from the next reset
         # energies kept for event boundaries: a batch of windows, the longest run and a margin
         self._keep_frames = int((batch_windows * self.hop * self.conv_seconds + cfg.max_event + window + 5.0) / self.frame_seconds)
         self.reset()
@@ -179,6 +229,8 @@ class Detector:
         self.samples = 0
         self._energy = torch.zeros(0)  # log mel energy of recent feature frames, for the event boundaries
         self._energy_offset = 0
+        self._pending: list[Event] = []  # events waiting for the audio after them (isolation rule)
+        self.energy_log: list[torch.Tensor] | None = [] if self.record_energy else None
         self._logic = _EventLogic(len(self.keywords), self.cfg.threshold, self.cfg.patience,
                                   int(np.ceil(self.cfg.refractory / (self.hop * self.conv_seconds))),
                                   max(1, int(round(self.cfg.max_event / (self.hop * self.conv_seconds)))))
@@ -218,8 +270,13 @@ class Detector:
             chunk = torch.cat([chunk, quiet])
         model = self.model
         frames, self._feat_state = model.frontend.features.infer(chunk.unsqueeze(0), self._feat_state)
-        self._energy = torch.cat([self._energy, torch.logsumexp(frames[0], dim=1)])
-        excess = self._energy.shape[0] - self._keep_frames
+        energy = torch.logsumexp(frames[0], dim=1)
+        if self.energy_log is not None:
+            self.energy_log.append(energy)
+        self._energy = torch.cat([self._energy, energy])
+        # keep the frames of this chunk (its windows' events are bounded by them after this call) and the
+        # margin before them: trimming to a fixed length alone cut the start of a long chunk
+        excess = self._energy.shape[0] - (self._keep_frames + energy.shape[0])
         if excess > 0:
             self._energy = self._energy[excess:]
             self._energy_offset += excess
@@ -260,34 +317,103 @@ class Detector:
 
     def _bounds(self, w: int) -> tuple[float, float]:
         """Start and end of window ``w``, trimmed to its frames within ``trim_db`` of the loudest."""
-        start, end = self.window_start(w), self.window_start(w) + self.window_seconds
-        if self.cfg.trim_db <= 0:
-            return start, end
-        first = w * self.hop * self.model.stride_frames - self._energy_offset
-        n = int(round(self.window_seconds / self.frame_seconds))
-        e = self._energy[max(0, first): max(0, first + n)]
-        if first < 0 or e.numel() == 0:  # (older than the energy buffer: keep the whole window)
-            return start, end
-        loud = torch.nonzero(e >= e.max() - self.cfg.trim_db * math.log(10) / 10).flatten()
-        return start + float(loud[0]) * self.frame_seconds, start + float(loud[-1] + 1) * self.frame_seconds
+        return word_bounds(self._energy, self._energy_offset, w, self.window_start(w), self._window_feature_frames,
+                           self.frame_seconds, self.hop * self.model.stride_frames, self.cfg.trim_db)
 
-    def _events(self, hits: list[tuple[int, int, float]]) -> list[Event]:
-        out = []
+    def _isolated(self, start: float, end: float) -> bool:  # (sweep_events computes the same)
+        return isolation_margin(self._energy, self._energy_offset, start, end, self.frame_seconds,
+                                self.cfg.isolation_gap, self.cfg.isolation_context) >= self.cfg.isolation_db
+
+    def _events(self, hits: list[tuple[int, int, float]], final: bool = False) -> list[Event]:
         for k, w, score in hits:
             start, end = self._bounds(w)
-            out.append(Event(self.keywords[k], round(start, 3), round(end, 3), round(score, 4)))
+            self._pending.append(Event(self.keywords[k], round(start, 3), round(end, 3), round(score, 4)))
+        if self.cfg.isolation_db <= 0:
+            out, self._pending = self._pending, []
+            return out
+        # the isolation rule needs the audio after the word: decide once it is there (or at the end)
+        heard = (self._energy_offset + self._energy.numel()) * self.frame_seconds
+        # (two frames more: the context's last frame is rounded up, and it must be in the buffer as in a sweep)
+        wait = self.cfg.isolation_gap + self.cfg.isolation_context + 2 * self.frame_seconds
+        out, keep = [], []
+        for ev in self._pending:
+            if final or ev.end + wait <= heard:
+                if self._isolated(ev.start, ev.end):
+                    out.append(ev)
+            else:
+                keep.append(ev)
+        self._pending = keep
         return out
 
     def process(self, chunk: torch.Tensor) -> list[Event]:
         """Feed samples ``(n,)`` (any length, model sample rate); return the events completed so far."""
         first, smoothed = self.scores(chunk)
-        return self._events(self._logic.update(smoothed.numpy(), first)) if len(smoothed) else []
+        hits = self._logic.update(smoothed.numpy(), first) if len(smoothed) else []
+        return self._events(hits)
 
     def flush(self) -> list[Event]:
         """End of stream: classify what is left and return the remaining events."""
         first, smoothed = self.scores(torch.zeros(0), final=True)
         hits = self._logic.update(smoothed.numpy(), first) if len(smoothed) else []
-        return self._events(hits + self._logic.flush())
+        return self._events(hits + self._logic.flush(), final=True)
+
+
+@dataclass
+class ScoredAudio:
+    """One recording scored once for any threshold: smoothed keyword posteriors ``(windows, K)``
+    and the log energy of every feature frame (for event bounds and the isolation rule)."""
+
+    scores: np.ndarray
+    energy: torch.Tensor
+    seconds: float
+    margins: dict = None  # window -> isolation margin in dB, filled as needed
+
+    def __post_init__(self):
+        self.margins = {} if self.margins is None else self.margins
+
+
+@torch.no_grad()
+def score_blocks(detector: "Detector", blocks) -> ScoredAudio:
+    """Feed a stream of sample blocks through ``detector`` (after a reset) and keep what
+    :func:`sweep_events` needs to emit the events of any threshold."""
+    detector.record_energy = True
+    try:
+        detector.reset()
+        parts = [detector.scores(block)[1].numpy() for block in blocks]
+        parts.append(detector.scores(torch.zeros(0), final=True)[1].numpy())
+        energy = torch.cat(detector.energy_log) if detector.energy_log else torch.zeros(0)
+        seconds = detector.seconds_processed
+    finally:
+        detector.record_energy = False
+        detector.reset()
+    K = len(detector.keywords)
+    return ScoredAudio(np.concatenate([p.reshape(-1, K) for p in parts]), energy, seconds)
+
+
+def sweep_events(detector: "Detector", audio: ScoredAudio | np.ndarray, threshold: float,
+                 scores: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+    """``(keyword index, best window, score)`` of the events ``detector`` emits on ``audio`` at
+    ``threshold``, with its patience, refractory time and (given the energies) isolation rule:
+    the same events as streaming, from posteriors computed once. ``scores`` replaces the
+    posteriors (e.g. with some keywords masked)."""
+    cfg = detector.cfg
+    hop_s = detector.hop * detector.conv_seconds
+    s = scores if scores is not None else (audio.scores if isinstance(audio, ScoredAudio) else audio)
+    logic = _EventLogic(s.shape[1], threshold, cfg.patience, int(np.ceil(cfg.refractory / hop_s)),
+                        max(1, int(round(cfg.max_event / hop_s))))
+    hits = logic.update(s, 0) + logic.flush()
+    if cfg.isolation_db <= 0 or not isinstance(audio, ScoredAudio):
+        return hits
+    kept = []
+    for k, w, score in hits:
+        if w not in audio.margins:
+            start, end = word_bounds(audio.energy, 0, w, detector.window_start(w), detector._window_feature_frames,
+                                     detector.frame_seconds, detector.hop * detector.model.stride_frames, cfg.trim_db)
+            audio.margins[w] = isolation_margin(audio.energy, 0, round(start, 3), round(end, 3), detector.frame_seconds,
+                                                cfg.isolation_gap, cfg.isolation_context)
+        if audio.margins[w] >= cfg.isolation_db:
+            kept.append((k, w, score))
+    return kept
 
 
 def detect_file(detector: Detector, path: str | os.PathLike, block_seconds: float = 30.0) -> Iterator[Event]:

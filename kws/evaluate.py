@@ -24,7 +24,7 @@ from asr.audio import iter_audio_blocks
 from asr.data.dataset import AudioDataset, collate_batch
 from asr.errors import UsageError
 from asr.utils import atomic_open
-from kws.detect import Detector, DetectorConfig, Event, _EventLogic, detect_file
+from kws.detect import Detector, DetectorConfig, Event, ScoredAudio, detect_file, score_blocks, sweep_events
 
 
 @torch.no_grad()
@@ -71,33 +71,19 @@ def accuracy_report(probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[s
     return AccuracyReport(list(labels), conf)
 
 
-@torch.no_grad()
-def stream_scores(detector: Detector, paths: Sequence[str | os.PathLike], progress: bool = True) -> tuple[list[np.ndarray], float]:
-    """Smoothed keyword posteriors ``(windows, K)`` of each file, and the total hours."""
-    out, seconds = [], 0.0
+def stream_scores(detector: Detector, paths: Sequence[str | os.PathLike], progress: bool = True) -> tuple[list[ScoredAudio], float]:
+    """Each file scored once (:class:`kws.detect.ScoredAudio`), and the total hours."""
+    out = []
     for path in paths:
-        detector.reset()
-        parts = []
-        for block in tqdm(iter_audio_blocks(path, detector.sample_rate, 30.0), desc=f"scan {os.path.basename(str(path))}",
-                          unit="block", disable=not progress, leave=False):
-            _, s = detector.scores(block)
-            parts.append(s.numpy())
-        parts.append(detector.scores(torch.zeros(0), final=True)[1].numpy())
-        out.append(np.concatenate(parts))
-        seconds += detector.seconds_processed
-    return out, seconds / 3600.0
+        blocks = tqdm(iter_audio_blocks(path, detector.sample_rate, 30.0), desc=f"scan {os.path.basename(str(path))}",
+                      unit="block", disable=not progress, leave=False)
+        out.append(score_blocks(detector, blocks))
+    return out, sum(a.seconds for a in out) / 3600.0
 
 
-def count_events(detector: Detector, scores: Sequence[np.ndarray], threshold: float) -> int:
-    """Events the detector's logic would emit at ``threshold`` on precomputed smoothed posteriors."""
-    cfg = detector.cfg
-    hop_s = detector.hop * detector.conv_seconds
-    total = 0
-    for s in scores:
-        logic = _EventLogic(s.shape[1], threshold, cfg.patience, int(np.ceil(cfg.refractory / hop_s)),
-                            max(1, int(round(cfg.max_event / hop_s))))
-        total += len(logic.update(s, 0)) + len(logic.flush())
-    return total
+def count_events(detector: Detector, scores: Sequence[ScoredAudio | np.ndarray], threshold: float) -> int:
+    """Events the detector would emit at ``threshold`` on recordings scored once."""
+    return sum(len(sweep_events(detector, s, threshold)) for s in scores)
 
 
 @dataclass
@@ -137,20 +123,54 @@ class DETCurve:
         plt.close(fig)
 
 
-def det_curve(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[str],
-              negatives: Sequence[str | os.PathLike], thresholds: Sequence[float] | None = None,
-              progress: bool = True) -> DETCurve:
-    """FRR on the keyword clips (``probs``/``truth`` from :func:`classify_items`) against the
-    detector's false alarms per hour on the keyword-free ``negatives``."""
-    if thresholds is None:  # even steps, then ever closer to 1 where the false alarms per hour get low
-        thresholds = np.unique(np.concatenate([np.linspace(0.02, 0.98, 49), 1 - np.logspace(-1.3, -4, 28)]))
-    thresholds = np.asarray(thresholds, dtype=float)
+def default_thresholds() -> np.ndarray:
+    """Even steps, then ever closer to 1 where the false alarms per hour get low."""
+    return np.unique(np.concatenate([np.linspace(0.02, 0.98, 49), 1 - np.logspace(-1.3, -4, 28)]))
+
+
+def clip_frr(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[str],
+             thresholds: np.ndarray) -> np.ndarray:
+    """Share of keyword clips whose posterior of their own keyword is below each threshold."""
     kw = [labels.index(k) for k in detector.keywords]
     is_kw = torch.isin(truth, torch.tensor(kw))
     if not is_kw.any():
         raise UsageError("no keyword clips to measure false rejections on")
     own = probs[is_kw, truth[is_kw]].numpy()
-    frr = np.array([(own < t).mean() for t in thresholds])
+    return np.array([(own < t).mean() for t in thresholds])
+
+
+def save_det_plot(path: str | os.PathLike, curves: Sequence[tuple[DETCurve, str]]) -> None:
+    """Several DET curves on one log-scale plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for curve, name in curves:
+        floor = 0.5 / max(curve.hours, 1e-9)
+        frr, _ = curve.frr_at(0.5)
+        ax.plot(np.maximum(curve.fa_per_hour, floor), 100 * curve.frr, marker=".",
+                label=f"{name} ({curve.hours:.2f} h): FRR {100 * frr:.1f}% at 0.5 FA/h")
+    ax.set_xscale("log")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("false alarms per hour")
+    ax.set_ylabel("false rejection rate (%)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def det_curve(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, labels: Sequence[str],
+              negatives: Sequence[str | os.PathLike], thresholds: Sequence[float] | None = None,
+              progress: bool = True) -> DETCurve:
+    """FRR on the keyword clips (``probs``/``truth`` from :func:`classify_items`) against the
+    detector's false alarms per hour on the keyword-free ``negatives``."""
+    thresholds = np.asarray(default_thresholds() if thresholds is None else thresholds, dtype=float)
+    frr = clip_frr(detector, probs, truth, labels, thresholds)
     scores, hours = stream_scores(detector, negatives, progress)
     if hours <= 0:
         raise UsageError("the keyword-free recordings are empty")
@@ -193,6 +213,8 @@ class EvaluationReport:
     stream: dict | None = None
     stream_path: str = ""
     tolerance: float = 0.5
+    speech: dict | None = None  # false alarms on transcribed running speech (see kws.speech)
+    speech_det: DETCurve | None = None  # FRR on the keyword clips against false alarms per hour of that speech
 
     def format(self) -> str:
         lines = [self.accuracy.format(), "",
@@ -202,6 +224,16 @@ class EvaluationReport:
             frr, thr = self.det.frr_at(0.5)
             lines += ["", f"false rejection rate at 0.5 false alarms per hour: {100 * frr:.2f}% (threshold {thr:.3f}; "
                           f"{self.det.hours:.2f} h keyword-free audio)"]
+        if self.speech is not None:
+            sp = self.speech
+            per = ", ".join(f"{k} {n}" for k, n in sorted(sp["per_keyword"].items(), key=lambda kv: -kv[1]) if n)
+            lines += ["", f"running speech ({sp['utterances']} utterances, {60 * sp['hours']:.1f} min): {sp['false_alarms']} "
+                          f"false alarms at threshold {sp['threshold']:.3f} = {sp['fa_per_hour']:.1f} per hour"
+                          + (f" ({per})" if per else "")]
+            for target in (0.5, 2.0):
+                frr, thr = self.speech_det.frr_at(target)
+                lines.append(f"false rejection rate at {target:g} false alarms per hour of running speech: {100 * frr:.2f}% "
+                             f"(threshold {thr:.4f})")
         if self.stream is not None:
             st = self.stream
             lines += ["", f"{self.stream_path}: found {st['found']}/{st['total']} keywords ({100 * st['recall']:.1f}%) "
@@ -218,9 +250,22 @@ class EvaluationReport:
             out.update(frr_at_0_5_fa_per_hour=frr, threshold_at_0_5_fa_per_hour=thr, negative_hours=self.det.hours,
                        det={"threshold": self.det.thresholds.tolist(), "frr": self.det.frr.tolist(),
                             "fa_per_hour": self.det.fa_per_hour.tolist()})
+        if self.speech is not None:
+            out["speech"] = dict(self.speech)
+            for target, key in ((0.5, "0_5"), (2.0, "2")):
+                frr, thr = self.speech_det.frr_at(target)
+                out["speech"][f"frr_at_{key}_fa_per_hour"], out["speech"][f"threshold_at_{key}_fa_per_hour"] = frr, thr
+            out["speech"]["det"] = {"threshold": self.speech_det.thresholds.tolist(), "frr": self.speech_det.frr.tolist(),
+                                    "fa_per_hour": self.speech_det.fa_per_hour.tolist()}
         if self.stream is not None:
             out["stream"] = dict(self.stream)
         return out
+
+    def save_plot(self, path: str | os.PathLike) -> None:
+        """The DET curves (keyword-free recordings and running speech, whichever were measured) in one PNG."""
+        curves = [(c, name) for c, name in ((self.det, "keyword-free recordings"), (self.speech_det, "running speech"))
+                  if c is not None]
+        save_det_plot(path, curves)
 
 
 def read_truth(path: str | os.PathLike) -> list[dict]:
@@ -247,7 +292,7 @@ def read_truth(path: str | os.PathLike) -> list[dict]:
 def evaluate_detector(detector: Detector, items: Sequence[dict], negatives: Sequence[str | os.PathLike] = (),
                       stream: str | os.PathLike | None = None, truth: str | os.PathLike | None = None,
                       tolerance: float = 0.5, batch_size: int = 64, use_det_threshold: bool = True,
-                      progress: bool = True) -> EvaluationReport:
+                      progress: bool = True, speech: Sequence[dict] = ()) -> EvaluationReport:
     """Accuracy of ``detector``'s model on the labelled clips ``items`` (with a speaker-bootstrap
     interval); with ``negatives``, the DET curve against those keyword-free recordings; with
     ``stream``, the share of its keywords (``truth``, default ``<stream>.truth.jsonl``) found within
@@ -262,6 +307,14 @@ def evaluate_detector(detector: Detector, items: Sequence[dict], negatives: Sequ
     speakers = [speaker_of_item(it) for it in items]
     ci = speaker_bootstrap((probs.argmax(-1) == labels_true).numpy(), speakers)
     result = EvaluationReport(report, ci, len(set(speakers)), len(items), tolerance=tolerance)
+    if speech:  # at the detector's own threshold, before the keyword-free DET may change it
+        from kws.speech import score_speech
+
+        sc = score_speech(detector, speech, progress)
+        result.speech = sc.summary(detector.cfg.threshold)
+        thresholds = default_thresholds()
+        result.speech_det = DETCurve(thresholds, clip_frr(detector, probs, labels_true, labels, thresholds),
+                                     sc.fa_per_hour(thresholds), sc.hours)
     if negatives:
         result.det = det_curve(detector, probs, labels_true, labels, negatives, progress=progress)
         _, thr = result.det.frr_at(0.5)
