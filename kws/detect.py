@@ -390,15 +390,13 @@ def score_blocks(detector: "Detector", blocks) -> ScoredAudio:
     return ScoredAudio(np.concatenate([p.reshape(-1, K) for p in parts]), energy, seconds)
 
 
-def sweep_events(detector: "Detector", audio: ScoredAudio | np.ndarray, threshold: float,
-                 scores: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+def sweep_events(detector: "Detector", audio: ScoredAudio | np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """``(keyword index, best window, score)`` of the events ``detector`` emits on ``audio`` at
     ``threshold``, with its patience, refractory time and (given the energies) isolation rule:
-    the same events as streaming, from posteriors computed once. ``scores`` replaces the
-    posteriors (e.g. with some keywords masked)."""
+    the same events as streaming, from posteriors computed once."""
     cfg = detector.cfg
     hop_s = detector.hop * detector.conv_seconds
-    s = scores if scores is not None else (audio.scores if isinstance(audio, ScoredAudio) else audio)
+    s = audio.scores if isinstance(audio, ScoredAudio) else audio
     logic = _EventLogic(s.shape[1], threshold, cfg.patience, int(np.ceil(cfg.refractory / hop_s)),
                         max(1, int(round(cfg.max_event / hop_s))))
     hits = logic.update(s, 0) + logic.flush()

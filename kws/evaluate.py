@@ -102,25 +102,8 @@ class DETCurve:
         return float(self.frr[i]), float(self.thresholds[i])
 
     def save_plot(self, path: str | os.PathLike, title: str = "") -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4))
-        floor = 0.5 / max(self.hours, 1e-9)  # plot zero false alarms half a count below one
-        ax.plot(np.maximum(self.fa_per_hour, floor), 100 * self.frr, marker=".")
-        ax.set_xscale("log")
-        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-        frr, _ = self.frr_at(0.5)
-        ax.set_xlabel(f"false alarms per hour ({self.hours:.2f} h keyword-free)")
-        ax.set_ylabel("false rejection rate (%)")
-        ax.set_title(title or f"DET: FRR {100 * frr:.1f}% at 0.5 FA/h")
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
+        """This curve alone as a PNG (see :func:`save_det_plot`)."""
+        save_det_plot(path, [(self, "keyword-free recordings")], title)
 
 
 def default_thresholds() -> np.ndarray:
@@ -139,8 +122,8 @@ def clip_frr(detector: Detector, probs: torch.Tensor, truth: torch.Tensor, label
     return np.array([(own < t).mean() for t in thresholds])
 
 
-def save_det_plot(path: str | os.PathLike, curves: Sequence[tuple[DETCurve, str]]) -> None:
-    """Several DET curves on one log-scale plot."""
+def save_det_plot(path: str | os.PathLike, curves: Sequence[tuple[DETCurve, str]], title: str = "") -> None:
+    """Several DET curves on one log-scale plot; zero false alarms are drawn half a count below one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +140,8 @@ def save_det_plot(path: str | os.PathLike, curves: Sequence[tuple[DETCurve, str]
     ax.set_xlabel("false alarms per hour")
     ax.set_ylabel("false rejection rate (%)")
     ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
