@@ -4,6 +4,9 @@ Every failure to read a file (missing, empty, truncated, undecodable, non-finite
 samples, wrong sample rate when resampling is not allowed) raises one exception
 type, :class:`AudioError`, whose message names the file and the reason.
 
+Nothing here imports torch until a tensor is asked for (:func:`read_audio`, blocks without
+``numpy=True``): the ONNX runtime path of ``kws detect`` reads audio without PyTorch.
+
 ``torchaudio.load`` is deliberately not used: recent torchaudio routes it through
 torchcodec, which is not a dependency of this toolkit.
 
@@ -22,14 +25,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 from asr.errors import ToolkitError
+
+if TYPE_CHECKING:
+    import torch
 from asr.utils import atomic_open
 
 __all__ = [
@@ -93,11 +98,16 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
 
 
+def _is_tensor(x) -> bool:
+    """A torch tensor, without importing torch to find out."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
 def resample(wav: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int):
     """Resample along the last axis with soxr (high quality). Returns the input type."""
     if orig_sr == new_sr:
         return wav
-    is_tensor = isinstance(wav, torch.Tensor)
+    is_tensor = _is_tensor(wav)
     x = wav.detach().cpu().numpy() if is_tensor else np.asarray(wav)
     x = x.astype(np.float32, copy=False)
     if x.ndim == 1:
@@ -107,7 +117,11 @@ def resample(wav: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int):
         y = soxr.resample(np.ascontiguousarray(flat), orig_sr, new_sr).T
         y = y.reshape(*x.shape[:-1], -1)
     y = np.ascontiguousarray(y, dtype=np.float32)
-    return torch.from_numpy(y) if is_tensor else y
+    if is_tensor:
+        import torch
+
+        return torch.from_numpy(y)
+    return y
 
 
 def read_audio(
@@ -154,13 +168,16 @@ def read_audio(
     if sample_rate is not None and sr != sample_rate:
         mono = resample(mono, sr, sample_rate)
         sr = sample_rate
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)), int(sr)
 
 
 def iter_audio_blocks(
-    path: str | os.PathLike, sample_rate: int | None = None, block_seconds: float = 10.0
+    path: str | os.PathLike, sample_rate: int | None = None, block_seconds: float = 10.0, numpy: bool = False
 ) -> Iterator[torch.Tensor]:
-    """Yield a long file as consecutive mono float32 blocks, resampled as a stream.
+    """Yield a long file as consecutive mono float32 blocks (tensors, or arrays with ``numpy``),
+    resampled as a stream.
 
     Memory stays bounded by the block size whatever the file length; the
     concatenation of the blocks equals a streaming resample of the whole file.
@@ -187,7 +204,13 @@ def iter_audio_blocks(
                 if stream is not None:
                     mono = stream.resample_chunk(np.ascontiguousarray(mono), last=last)
                 if mono.size:
-                    yield torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+                    mono = np.ascontiguousarray(mono, dtype=np.float32)
+                    if numpy:
+                        yield mono
+                    else:
+                        import torch
+
+                        yield torch.from_numpy(mono)
                 if last:
                     break
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -199,7 +222,7 @@ def iter_audio_blocks(
 def write_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int, subtype: str | None = None) -> None:
     """Write mono ``(N,)`` or ``(N, C)`` audio atomically; the format follows the suffix."""
     path = Path(path)
-    if isinstance(wav, torch.Tensor):
+    if _is_tensor(wav):
         wav = wav.detach().cpu().numpy()
     wav = np.asarray(wav, dtype=np.float32)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())

@@ -12,7 +12,7 @@ from asr.features import FeatureConfig
 from asr.models import family_of, get_family
 from asr.models.config import CRNNConfig, ModelConfig
 from kws.data import combine_manifests, split_by_speaker
-from kws.detect import Detector, _EventLogic
+from kws.detect import Detector, EventLogic
 from kws.evaluate import DETCurve, accuracy_report, count_events, localization
 from kws.model import CRNN, count_parameters
 from kws.stream import build_stream, speech_extent
@@ -95,7 +95,7 @@ def test_detector_windows_equal_the_model_on_cut_clips(one_thread, chunk):
     first, s = det.scores(torch.zeros(0), final=True)
     firsts.append(first)
     parts.append(s)
-    scores = torch.cat(parts)
+    scores = torch.cat([torch.as_tensor(p) for p in parts])
     hop = det.hop * 8 * 160  # samples between windows
     n_conv = ((len(x) - 400) // 160 + 1 - 20) // 8 + 1  # a window reads 10 convolution frames = 0.935 s
     assert len(scores) == (n_conv - 10) // det.hop + 1
@@ -110,13 +110,13 @@ def test_detector_windows_equal_the_model_on_cut_clips(one_thread, chunk):
 def test_end_pad_adds_windows_over_quiet_noise_after_the_stream(one_thread):
     model = crnn()
     x = torch.randn(16000 * 2, generator=torch.Generator().manual_seed(5)) * 0.05
-    plain = Detector(model, LABELS, smooth=1, end_pad=0).scores(x, final=True)[1]
+    plain = torch.as_tensor(Detector(model, LABELS, smooth=1, end_pad=0).scores(x, final=True)[1])
     det = Detector(model, LABELS, smooth=1, end_pad=0.5)
-    padded = det.scores(x, final=True)[1]
+    padded = torch.as_tensor(det.scores(x, final=True)[1])
     assert det.seconds_processed == 2.0
     torch.testing.assert_close(padded[: len(plain)], plain)
-    quiet = torch.randn(8000, generator=torch.Generator().manual_seed(0)) * 10 ** (-70 / 20)
-    xp = torch.cat([x, quiet])
+    quiet = np.random.default_rng(0).standard_normal(8000) * 10 ** (-70 / 20)  # the pad's noise, seed 0
+    xp = torch.cat([x, torch.from_numpy(quiet.astype(np.float32))])
     hop = det.hop * 8 * 160
     n_conv = ((len(xp) - 400) // 160 + 1 - 20) // 8 + 1
     assert len(padded) == (n_conv - 10) // det.hop + 1 > len(plain)
@@ -129,10 +129,10 @@ def test_end_pad_adds_windows_over_quiet_noise_after_the_stream(one_thread):
 def test_smoothing_is_a_causal_moving_average(one_thread):
     model = crnn()
     x = torch.randn(16000 * 4, generator=torch.Generator().manual_seed(2)) * 0.1
-    raw = Detector(model, LABELS, smooth=1).scores(x, final=True)[1]
+    raw = torch.as_tensor(Detector(model, LABELS, smooth=1).scores(x, final=True)[1])
     det = Detector(model, LABELS, smooth=3, batch_windows=4)
     parts = [det.scores(x[i:i + 5000])[1] for i in range(0, len(x), 5000)] + [det.scores(torch.zeros(0), final=True)[1]]
-    smooth = torch.cat(parts)
+    smooth = torch.cat([torch.as_tensor(p) for p in parts])
     ref = torch.stack([raw[max(0, i - 2): i + 1].mean(0) for i in range(len(raw))])
     torch.testing.assert_close(smooth, ref)
 
@@ -168,7 +168,7 @@ def test_event_logic_matches_brute_force_in_any_chunking(seed):
     patience = int(rng.integers(1, 4))
     args = (0.5, patience, int(rng.integers(0, 12)), patience + int(rng.integers(0, 6)))
     ref = reference_events(s, *args)
-    logic = _EventLogic(3, *args)
+    logic = EventLogic(3, *args)
     got, pos = [], 0
     while pos < len(s):
         n = int(rng.integers(1, 40))
@@ -189,7 +189,7 @@ def test_count_events_agrees_with_the_streaming_detector(one_thread):
     det = Detector(model, LABELS, threshold=0.2, patience=1)
     events = det.process(x) + det.flush()
     det2 = Detector(model, LABELS, threshold=0.2, patience=1)
-    s = det2.scores(x, final=True)[1].numpy()
+    s = det2.scores(x, final=True)[1]
     assert count_events(det2, [s], 0.2) == len(events) > 0
 
 
