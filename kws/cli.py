@@ -9,7 +9,8 @@ Subcommands:
   combine OUT IN[:REPEAT[:CLEAN]]... one manifest from several, repeating some
   make-stream --manifest M --out F.wav   a long recording of clips in noise, with keyword truth
   export CKPT OUT                 a checkpoint without its training state (for shipping a model), with a
-                                  threshold calibrated to a target false alarms per hour (--target-fa-h)
+                                  threshold calibrated to a target false alarms per hour (--target-fa-h);
+                                  OUT.onnx: an ONNX model for `kws detect --backend onnx` (--int8 to quantize)
   cut IN... --out W.jsonl         running speech cut into 1-s _unknown_ windows (training negatives)
   mine --model M IN... --out H.jsonl   the windows the detector fires on in speech (hard negatives)
   curve MANIFEST=EVAL.json...     held-out accuracy against real training speakers: CSV, PNG, log-linear fit
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 from asr.audio import AudioError
-from asr.errors import UsageError, run_cli
+from asr.errors import MissingFileError, UsageError, run_cli
 from asr.utils import atomic_open
 
 log = logging.getLogger("kws")
@@ -108,6 +109,14 @@ def _add_detect(sub) -> None:
     _add_detector_flags(p)
     p.add_argument("--format", choices=("text", "jsonl", "json", "csv"), default="text",
                    help="text (tab-separated, default), jsonl/json (one JSON object per line) or csv")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="onnx: ONNX Runtime and numpy, no PyTorch (about 3x faster, a fraction of the memory); torch: "
+                        "the PyTorch model. auto (default): onnx when the model is a .onnx file or is the default "
+                        "model (shipped with its ONNX export) and onnxruntime is installed, else torch. With "
+                        "--backend onnx, --model M.pt uses the export M.onnx beside it")
+    p.add_argument("--int8", action="store_true",
+                   help="onnx backend: the int8-quantized export (<model>.int8.onnx; shipped for the default model): "
+                        "faster still, scores within about 0.01 of float32")
     p.add_argument("--block-seconds", type=float, default=30.0, help="seconds read from a file at a time (default 30)")
 
 
@@ -155,11 +164,18 @@ def _add_make_stream(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="strip the training state from a checkpoint",
+    p = sub.add_parser("export", help="strip the training state from a checkpoint, or export it to ONNX",
                        description="Write a copy of CKPT with only the weights, config and labels (no optimizer or "
-                                   "RNG state, no training-only letter CTC head): what kws/pretrained/crnn.pt holds.")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (best.pt, last.pt)")
-    p.add_argument("out", type=Path, help="the file to write")
+                                   "RNG state, no training-only letter CTC head): what kws/pretrained/crnn.pt holds. "
+                                   "When OUT ends in .onnx, write an ONNX model instead (the streaming detector's "
+                                   "model part with its cache as inputs/outputs, labels, features and detector "
+                                   "settings as metadata) for `kws detect --backend onnx`, which needs no PyTorch; "
+                                   "the export is checked against the PyTorch model on 20 s of noise.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (best.pt, last.pt) or exported")
+    p.add_argument("out", type=Path, help="the file to write (.pt or .onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="with OUT.onnx: quantize the weights of the MatMuls (convolution projection, recurrent "
+                        "layers, dense layers) to int8 (ONNX Runtime dynamic quantization)")
     p.add_argument("--threshold", type=float, default=None,
                    help="detection threshold stored with the model (used by detect/evaluate when --threshold is not "
                         "given), e.g. the one `kws evaluate` reports at 0.5 false alarms per hour")
@@ -237,18 +253,55 @@ def _detector(args, purpose: str = "kws detect"):
     from kws.detect import Detector, load_detector
 
     torch.set_num_threads(max(1, args.threads))
+    if args.model is not None and args.model.suffix == ".onnx":
+        raise UsageError(f"{args.model}: {purpose} needs the PyTorch checkpoint (.pt), not its ONNX export")
     model, labels, cfg = load_detector(args.model, purpose=purpose)
-    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad", "isolation_db"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    _apply_flags(args, cfg)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
     return Detector(model, labels, keywords, cfg)
 
 
-def run_detect(args) -> int:
-    from kws.detect import detect_file
+def _onnx_detector(args):
+    """The ONNX Runtime detector of ``--backend``/``--model``/``--int8``, or None for the torch one."""
+    default = Path(__file__).resolve().parent / "pretrained" / "crnn.pt"
+    model = args.model or default
+    if args.backend == "torch":
+        if model.suffix == ".onnx":
+            raise UsageError(f"{model}: an ONNX model needs --backend onnx (or auto)")
+        return None
+    onnx_path = model if model.suffix == ".onnx" else model.with_suffix(".onnx")
+    if args.int8 and not onnx_path.name.endswith(".int8.onnx"):
+        onnx_path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    if args.backend == "auto":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            if model.suffix == ".onnx":
+                raise UsageError(f"{model}: the ONNX backend needs onnxruntime (pip install onnxruntime)") from None
+            return None
+        if model.suffix != ".onnx" and (args.model is not None or not onnx_path.is_file()):
+            return None
+    elif not onnx_path.is_file():
+        raise MissingFileError(f"{onnx_path}: no ONNX export of {model} (write one with `kws export {model} "
+                               f"{onnx_path}{' --int8' if args.int8 else ''}`)")
+    from kws.onnx_detect import OnnxDetector
 
-    detector = _detector(args)
+    detector = OnnxDetector(onnx_path, threads=args.threads)
+    _apply_flags(args, detector.cfg)
+    keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
+    return OnnxDetector(onnx_path, keywords, config=detector.cfg, threads=args.threads)
+
+
+def _apply_flags(args, cfg) -> None:
+    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad", "isolation_db"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+
+
+def run_detect(args) -> int:
+    from kws.events import events_in_file as detect_file
+
+    detector = _onnx_detector(args) or _detector(args)
     failed = 0
     writer = csv.writer(sys.stdout) if args.format == "csv" else None
     if writer:
@@ -413,10 +466,35 @@ def run_export(args) -> int:
               f"(target {args.target_fa_h:g})")
     if threshold is not None:
         settings["threshold"] = float(threshold)
+    if args.out.suffix == ".onnx":
+        return _export_onnx(args, Detector(model, labels, config=cfg, **settings))
+    if args.int8:
+        raise UsageError("--int8 quantizes ONNX exports: give OUT.onnx")
     extra = {"detector": settings} if settings else None
     size = export_checkpoint(args.checkpoint, args.out, extra, transform=without_letter_head)
     model, labels, _ = load_detector(args.out, purpose="kws export")
     print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(labels)} classes")
+    return 0
+
+
+def _export_onnx(args, detector) -> int:
+    import numpy as np
+
+    from kws.detect import Detector
+    from kws.onnx_detect import OnnxDetector
+    from kws.onnx_export import export_onnx
+
+    export_onnx(detector, args.out, int8=args.int8)
+    # check: the exported model against the PyTorch one, window by window, on 20 s of noise with a tone
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(20 * detector.sample_rate) * 0.05).astype(np.float32)
+    x[64000:80000] += 0.3 * np.sin(np.arange(16000) * 0.2).astype(np.float32)
+    ref = Detector(detector.model, detector.labels, config=detector.cfg, smooth=1).scores(x, final=True)[1]
+    got = OnnxDetector(args.out, detector.keywords, config=detector.cfg, smooth=1).scores(x, final=True)[1]
+    diff = float(np.abs(ref - got).max()) if ref.shape == got.shape else float("inf")
+    size = args.out.stat().st_size
+    print(f"{args.out}\t{size / 1024:.0f} KiB\t{len(detector.labels)} classes\t{'int8' if args.int8 else 'float32'}\t"
+          f"max |onnx - torch| posterior {diff:.2g} over {len(ref)} windows")
     return 0
 
 
