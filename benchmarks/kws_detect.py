@@ -4,10 +4,13 @@ Builds a 1-minute and a 1-hour recording of keyword clips in noise (real Speech 
 clips from ../shared/data when present, else the synthetic corpus; clips cycled with noise
 gaps), then for each:
 
-* runs the command as a user would (`kws detect FILE --threads 1`, a fresh process) and
-  reports its wall time and peak resident memory (from wait4's rusage);
+* runs the command as a user would (`kws detect FILE --threads 1 --backend B`, a fresh
+  process) and reports its wall time and peak resident memory (from wait4's rusage);
 * times the detection alone in this process (file reading, resampling, features included;
-  Python start-up and imports excluded) as x real time.
+  Python start-up and imports excluded) as x real time;
+
+for each backend: PyTorch (`--backend torch`), ONNX Runtime in float32 (`--backend onnx`,
+the default) and int8 (`--int8`), side by side in one run.
 
 The peer is the plain sliding-window way: cut every window of the long file as a clip and
 run the whole model (features, convolution, GRUs) on a batch of clips, with the same hop.
@@ -31,7 +34,7 @@ import torch  # noqa: E402
 
 from asr.audio import read_audio  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
-from kws.detect import DEFAULT_MODEL, Detector, detect_file, load_detector_model  # noqa: E402
+from kws.detect import DEFAULT_MODEL, Detector, detect_file, load_detector  # noqa: E402
 from kws.stream import build_stream  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,21 +49,44 @@ def clips() -> tuple[list[dict], str]:
     return read_manifest(man), "synthetic keyword clips"
 
 
-def run_command(path: Path, model: Path) -> tuple[float, float, int]:
+BACKENDS = {"torch": ["--backend", "torch"], "onnx": ["--backend", "onnx"], "onnx int8": ["--backend", "onnx", "--int8"]}
+
+
+# `python -m kws` that reports its own peak resident memory (VmHWM of its address space) on exit: the
+# rusage of a child started from this process would also count this process's memory copied at fork
+RUNNER = """
+import atexit, re, sys
+def peak():
+    status = open("/proc/self/status").read()
+    sys.stderr.write("VmHWM_KiB " + re.search(r"VmHWM:\\s+(\\d+)", status).group(1) + "\\n")
+atexit.register(peak)
+from kws.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_command(path: Path, model: Path, flags: list[str]) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB, events) of `kws detect` in a fresh process."""
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "kws", "detect", str(path), "--model", str(model), "--threads", "1",
-                          "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.run([sys.executable, "-c", RUNNER, "detect", str(path), "--model", str(model), "--threads", "1",
+                        "--format", "jsonl", *flags], capture_output=True, text=True)
     wall = time.perf_counter() - t
-    if status != 0:
-        raise RuntimeError(f"kws detect failed on {path} (status {status})")
-    return wall, usage.ru_maxrss / 1024, len(out.splitlines())
+    if p.returncode != 0:
+        raise RuntimeError(f"kws detect failed on {path} (status {p.returncode}): {p.stderr[-2000:]}")
+    rss = int(p.stderr.rsplit("VmHWM_KiB ", 1)[1].split()[0]) / 1024
+    return wall, rss, len(p.stdout.splitlines())
 
 
-def in_process(path: Path, model, labels) -> tuple[float, float]:
-    det = Detector(model, labels)
+def detector(backend: str, model_path: Path, model, labels, cfg):
+    if backend == "torch":
+        return Detector(model, labels, config=cfg)
+    from kws.onnx_detect import OnnxDetector
+
+    onnx = model_path.with_suffix(".int8.onnx" if backend.endswith("int8") else ".onnx")
+    return OnnxDetector(onnx, config=cfg, threads=1)
+
+
+def in_process(path: Path, det) -> tuple[float, float]:
     t = time.perf_counter()
     for _ in detect_file(det, path):
         pass
@@ -95,22 +121,30 @@ def main() -> None:
         if not path.is_file():
             build_stream(items, path, minutes=minutes, seed=0)
         files[name] = path
-    model, labels = load_detector_model(args.model)
+    model, labels, cfg = load_detector(args.model)
     print(f"kws detect, one CPU thread; audio: {source} joined with noise gaps; model {args.model.name}")
-    print(f"{'file':<8} {'audio (s)':>10} {'detect (s)':>11} {'x real time':>12} {'command (s)':>12} {'peak RSS (MiB)':>15} {'events':>7}")
+    print(f"{'file':<6} {'backend':<10} {'audio (s)':>9} {'detect (s)':>10} {'x real time':>11} {'command (s)':>11} "
+          f"{'peak RSS (MiB)':>14} {'events':>6}")
     rows = {}
     for name, path in files.items():
-        secs, audio = in_process(path, model, labels)
-        wall, rss, events = run_command(path, args.model)
-        rows[name] = dict(audio=audio, detect=secs, xrt=audio / secs, command=wall, rss=rss, events=events)
-        print(f"{name:<8} {audio:>10.0f} {secs:>11.2f} {audio / secs:>12.0f} {wall:>12.2f} {rss:>15.0f} {events:>7}")
-    hop = Detector(model, labels).hop * Detector(model, labels).conv_seconds
-    names = list(rows)
+        for backend, flags in BACKENDS.items():
+            secs, audio = in_process(path, detector(backend, args.model, model, labels, cfg))
+            wall, rss, events = run_command(path, args.model, flags)
+            rows[f"{name} {backend}"] = dict(audio=audio, detect=secs, xrt=audio / secs, command=wall, rss=rss, events=events)
+            print(f"{name:<6} {backend:<10} {audio:>9.0f} {secs:>10.2f} {audio / secs:>11.0f} {wall:>11.2f} {rss:>14.0f} {events:>6}")
+    names = list(files)
+    long = {b: rows[f"{names[1]} {b}"] for b in BACKENDS}
+    for b in ("onnx", "onnx int8"):
+        print(f"{names[1]}, {b} against torch: detection {long[b]['xrt'] / long['torch']['xrt']:.1f}x faster, whole "
+              f"command {long['torch']['command'] / long[b]['command']:.1f}x faster, peak RSS "
+              f"{long[b]['rss'] / long['torch']['rss']:.2f}x")
+    hop = Detector(model, labels, config=cfg).hop * Detector(model, labels, config=cfg).conv_seconds
     secs, audio = naive(files[names[1]], model, labels, hop)
-    ours = rows[names[1]]["xrt"]
+    ours = long["torch"]["xrt"]
     print(f"\npeer, every window cut out and run through the whole model ({names[1]} file, same hop {hop:.2f} s, file "
-          f"already in memory): {audio / secs:.0f}x real time; ours {ours:.0f}x = {ours / (audio / secs):.1f}x faster")
-    print(f"peak memory {names[1]} / {names[0]}: {rows[names[1]]['rss'] / rows[names[0]]['rss']:.2f}")
+          f"already in memory): {audio / secs:.0f}x real time; ours (torch) {ours:.0f}x = {ours / (audio / secs):.1f}x faster")
+    for b in BACKENDS:
+        print(f"peak memory {names[1]} / {names[0]} ({b}): {long[b]['rss'] / rows[f'{names[0]} {b}']['rss']:.2f}")
     print(json.dumps(rows))
 
 

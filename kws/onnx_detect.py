@@ -104,6 +104,28 @@ class OnnxDetector(StreamEvents):
         self._cache_offset = 0  # index of self._cache[0] among all convolution frames
         self._reset_events()
 
+    def classify_clips(self, clips: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+        """Class posteriors ``(N, C)`` of clips at the model's rate, each cut or zero-padded to the
+        window (1 s): the model's output on that window, as :class:`kws.detect.Detector` sees it."""
+        n = int(round(self.window_seconds * self.sample_rate))
+        kt, st, W = self.kernel_frames, self.stride_frames, self.window_frames
+        need = (W - 1) * st + kt  # feature frames of one window
+        block = -(-need // st) * st  # a whole number of convolution strides per clip
+        out = []
+        for i in range(0, len(clips), batch):
+            feats = []
+            for clip in clips[i:i + batch]:
+                x = np.zeros(n, np.float32)
+                clip = np.asarray(clip, np.float32).reshape(-1)[:n]
+                x[: clip.size] = clip
+                f = self.frontend(x)[:need]
+                feats.append(np.concatenate([f, np.zeros((block - f.shape[0], f.shape[1]), np.float32)]))
+            starts = np.arange(len(feats), dtype=np.int64) * (block // st)
+            probs, _ = self.session.run(None, {"feats": np.concatenate(feats)[None],
+                                               "cache": np.zeros((0, self.proj_dim), np.float32), "starts": starts})
+            out.append(probs)
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
     def scores(self, chunk, final: bool = False) -> tuple[int, np.ndarray]:
         """As :meth:`kws.detect.Detector.scores`: ``(first new window, smoothed posteriors (N, K))``."""
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
