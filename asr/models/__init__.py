@@ -60,6 +60,10 @@ class Family:
       splits the model into an audio-only trunk and a label-dependent head; ``None`` = no EGL.
     * ``stream_decoder(model)``: greedy decoding carried across the chunks of a stream (see
       :mod:`asr.decode.streaming`); ``None`` = the family cannot stream.
+    * ``onnx_parts(model) -> asr.export.OnnxParts``: what the family adds to the streaming ONNX
+      export after the shared encoder (its head on the encoder frames, its decoder graphs and
+      the name of the torch-free greedy decoder in :mod:`asr.runtime.recognizer`); ``None`` =
+      no ONNX export.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Family:
     nbest: Callable[..., list] | None = None
     egl_adapter: Callable[[nn.Module], object] | None = None
     stream_decoder: Callable[[nn.Module], object] | None = None
+    onnx_parts: Callable[[nn.Module], object] | None = None
 
     @property
     def recognizer(self) -> bool:

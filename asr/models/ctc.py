@@ -135,6 +135,13 @@ def ctc_stream_decoder(model: CTCModel):
     return CTCStreamDecoder(model)
 
 
+def ctc_onnx_parts(model: CTCModel):
+    """The streaming ONNX export's CTC part: the head gives log-probabilities, decoded greedily."""
+    from asr.export import OnnxParts
+
+    return OnnxParts(head=model.head, decoder="ctc_greedy")
+
+
 FAMILY = register_family(Family(
     "ctc", build_ctc, ctc_loss, ctc_decode, model_type=CTCModel, decoders=("greedy", "beam"), nbest=ctc_nbest,
-    egl_adapter=ctc_egl_adapter, stream_decoder=ctc_stream_decoder))
+    egl_adapter=ctc_egl_adapter, stream_decoder=ctc_stream_decoder, onnx_parts=ctc_onnx_parts))

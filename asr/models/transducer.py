@@ -372,7 +372,45 @@ def transducer_stream_decoder(model: TransducerModel):
     return TransducerStreamDecoder(model)
 
 
+class _PredictorStep(nn.Module):
+    """One predictor step with its state explicit, and the joiner's projection of its output."""
+
+    def __init__(self, model: TransducerModel):
+        super().__init__()
+        self.predictor, self.joiner = model.predictor, model.joiner
+
+    def forward(self, token: torch.Tensor, *state: torch.Tensor):
+        out, new = self.predictor.step(token, tuple(state))
+        return (self.joiner.project_predictor(out), *new)
+
+
+class _Joint(nn.Module):
+    def __init__(self, joiner: Joiner):
+        super().__init__()
+        self.joiner = joiner
+
+    def forward(self, enc_proj: torch.Tensor, pred_proj: torch.Tensor) -> torch.Tensor:
+        return self.joiner.joint(enc_proj, pred_proj)
+
+
+def transducer_onnx_parts(model: TransducerModel, max_symbols: int = 5):
+    """The streaming ONNX export's transducer part: the joiner's encoder projection as the head,
+    the predictor step and the joint as graphs, decoded greedily (at most ``max_symbols`` per frame)."""
+    from asr.export import Graph, OnnxParts, state_spec
+
+    init = model.predictor.init_state(1)
+    names = [f"s{i}" for i in range(len(init))]
+    J = model.joiner.enc_proj.out_features
+    predictor = Graph("predictor", _PredictorStep(model).eval(),
+                      {"token": torch.zeros(1, dtype=torch.long), **dict(zip(names, init))},
+                      ["pred_proj", *[f"{n}_out" for n in names]])
+    joiner = Graph("joiner", _Joint(model.joiner).eval(), {"enc_proj": torch.zeros(2, J), "pred_proj": torch.zeros(2, J)},
+                   ["logits"], {"enc_proj": {0: "N"}, "pred_proj": {0: "N"}, "logits": {0: "N"}})
+    return OnnxParts(head=model.joiner.enc_proj, decoder="transducer_greedy", graphs=[predictor, joiner],
+                     meta={"predictor_state": state_spec(dict(zip(names, init))), "max_symbols": max_symbols})
+
+
 FAMILY = register_family(Family(
     "transducer", build_transducer, transducer_loss, transducer_decode, model_type=TransducerModel,
     decoders=("greedy", "beam", "modified_beam"), nbest=transducer_nbest, egl_adapter=transducer_egl_adapter,
-    stream_decoder=transducer_stream_decoder))
+    stream_decoder=transducer_stream_decoder, onnx_parts=transducer_onnx_parts))
