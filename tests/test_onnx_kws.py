@@ -191,3 +191,15 @@ def test_kws_export_onnx_writes_and_checks_the_model(tmp_path):
     det = OnnxDetector(tmp_path / "m.onnx")
     assert det.cfg.threshold == 0.8 and det.cfg.isolation_db == load_detector()[2].isolation_db
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # nothing else left behind
+
+
+def test_classify_clips_equals_the_model_on_one_second_windows(shared_data, one_thread):
+    model, labels, cfg = load_detector()
+    clips = [real_clip(shared_data, i) for i in range(0, 60, 6)] + [np.zeros(9000, np.float32)]
+    got = OnnxDetector(DEFAULT_MODEL.with_suffix(".onnx")).classify_clips(clips, batch=4)
+    wins = torch.zeros(len(clips), 16000)
+    for i, c in enumerate(clips):
+        wins[i, : min(16000, len(c))] = torch.from_numpy(c[:16000])
+    with torch.no_grad():
+        ref = torch.softmax(model(wins, torch.full((len(clips),), 16000)), -1).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
