@@ -82,7 +82,7 @@ def test_onnx_streaming_equals_the_torch_streaming_recognizer(tmp_path, shared_d
         head = m.head(enc) if fam.name == "ctc" else m.joiner.project_encoder(enc)
     outs = np.concatenate(onnx.head_log)
     assert outs.shape == tuple(head[0].shape)
-    np.testing.assert_allclose(outs, head[0].numpy(), atol=2e-4, rtol=0)
+    np.testing.assert_allclose(outs, head[0].numpy(), atol=1e-4, rtol=0)
 
 
 def test_int8_export_gives_close_head_outputs(tmp_path, shared_data, one_thread):
