@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from asr.errors import MissingFileError, ToolkitError, UsageError
+from asr.errors import ToolkitError
+from asr.runtime import onnx_session as runtime_session
 from asr.runtime.features import LogMel
 from kws.events import DetectorConfig, StreamEvents, end_padding
 
@@ -33,21 +34,8 @@ class ModelFileError(ToolkitError, ValueError):
 def onnx_session(path: str | os.PathLike, threads: int = 1):
     """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads, and its
     ``kws`` metadata (dict)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UsageError("the ONNX backend needs onnxruntime: pip install onnxruntime") from None
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: model file not found")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise ModelFileError(f"{path}: not an ONNX model ONNX Runtime can load ({type(e).__name__}: {e})") from None
+    sess = runtime_session(path, threads, ModelFileError)
     raw = sess.get_modelmeta().custom_metadata_map.get("kws")
     if raw is None:
         raise ModelFileError(f"{path}: an ONNX model without the 'kws' metadata (export it with `kws export CKPT OUT.onnx`)")

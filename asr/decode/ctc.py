@@ -586,10 +586,7 @@ class CTCStreamDecoder:
 
     def step(self, enc: torch.Tensor, state: dict) -> dict:
         """Encoder frames ``(1, t, D)`` of one stream -> its new state."""
-        best = self.model.head(enc)[0].argmax(-1).tolist()
-        last, tokens = state["last"], list(state["tokens"])
-        for b in best:
-            if b != BLANK and b != last:
-                tokens.append(b)
-            last = b
+        from asr.runtime import ctc_greedy_merge
+
+        tokens, last = ctc_greedy_merge(self.model.head(enc)[0].argmax(-1).tolist(), state["last"], state["tokens"], BLANK)
         return {"tokens": tokens, "last": last}

@@ -26,6 +26,7 @@ import numpy as np
 
 from asr.constants import BLANK
 from asr.errors import MissingFileError, ToolkitError, UsageError
+from asr.runtime import ctc_greedy_merge, onnx_session
 from asr.runtime.features import LogMel
 
 
@@ -34,20 +35,9 @@ class ExportError(ToolkitError, ValueError):
 
 
 def _session(path: Path, threads: int):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UsageError("the ONNX backend needs onnxruntime: pip install onnxruntime") from None
     if not path.is_file():
         raise MissingFileError(f"{path}: not found (write the export with `asr export CKPT {path.parent}`)")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own exception types
-        raise ExportError(f"{path}: not an ONNX model ONNX Runtime can load ({type(e).__name__}: {e})") from None
+    return onnx_session(path, threads, ExportError)
 
 
 def _zeros(spec: list[dict]) -> dict[str, np.ndarray]:
@@ -74,12 +64,7 @@ class CTCGreedy:
         return {"tokens": [], "last": BLANK}
 
     def step(self, out: np.ndarray, state: dict) -> dict:
-        best = out.argmax(-1).tolist()
-        last, tokens = state["last"], list(state["tokens"])
-        for b in best:
-            if b != BLANK and b != last:
-                tokens.append(b)
-            last = b
+        tokens, last = ctc_greedy_merge(out.argmax(-1).tolist(), state["last"], state["tokens"], BLANK)
         return {"tokens": tokens, "last": last}
 
 
