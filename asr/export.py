@@ -187,7 +187,8 @@ def _write(graph: Graph, path: Path, int8: bool, metadata: dict | None, opset: i
             logging.disable(logging.WARNING)  # the quantizer logs a line per tensor it leaves in float
             try:
                 quantize_dynamic(str(plain), str(src), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm", "LSTM"])
+                                 op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
+                                 reduce_range=True)  # 7-bit weights: no u8 x s8 saturation on CPUs without VNNI
             finally:
                 logging.disable(logging.NOTSET)
         proto = onnx.load(str(src))

@@ -141,7 +141,10 @@ def export_onnx(detector, out: str | os.PathLike, int8: bool = False, opset: int
             path = Path(tmp) / "model.int8.onnx"
             logging.disable(logging.WARNING)  # the quantizer logs a line per tensor it leaves in float
             try:
-                quantize_dynamic(str(plain), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+                # reduce_range: 7-bit weights, so that the u8 x s8 products cannot saturate on CPUs without
+                # VNNI (AVX2's VPMADDUBSW), where full-range int8 can lose accuracy; results then agree across CPUs
+                quantize_dynamic(str(plain), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                                 reduce_range=True)
             finally:
                 logging.disable(logging.NOTSET)
             meta["int8"] = True

@@ -120,7 +120,7 @@ def test_shipped_onnx_files_are_exports_of_the_shipped_checkpoint(tmp_path, one_
     x = (np.random.default_rng(3).standard_normal(16000 * 6) * 0.05).astype(np.float32)
     x[20000:36000] += (0.3 * np.sin(np.arange(16000) * 0.2)).astype(np.float32)
     now = OnnxDetector(tmp_path / "now.onnx", smooth=1).scores(x, final=True)[1]
-    for name, tol in (("crnn.onnx", 1e-6), ("crnn.int8.onnx", 0.05)):
+    for name, tol in (("crnn.onnx", 1e-6), ("crnn.int8.onnx", 0.15)):
         shipped = OnnxDetector(DEFAULT_MODEL.with_name(name), smooth=1)
         assert shipped.cfg == replace(cfg, smooth=1), name  # the checkpoint's operating point
         np.testing.assert_allclose(shipped.scores(x, final=True)[1], now, atol=tol, rtol=0, err_msg=name)
