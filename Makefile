@@ -2,8 +2,8 @@
 #   make demo   - builds the environment, synthesizes the embedded corpus, trains a small CTC model
 #                 on it (about 9 minutes on 2 cores), evaluates it on unseen voices and transcribes 3 files
 #   make test   - builds the environment, then runs the test suite
-# Each creates .venv when missing and installs what is missing (espeak-ng, flite and sox
-# through apt-get; the Python packages through pip).
+# Each creates .venv when missing and installs what is missing (espeak-ng, flite, sox and
+# PortAudio through apt-get; the Python packages through pip).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,6 +12,7 @@ PY := $(VENV)/bin/python
 DATA ?= data/synthetic
 SENTENCES ?= 3000
 SYSTEM_TOOLS := espeak-ng flite sox
+SYSTEM_LIBS := libportaudio2
 
 .PHONY: demo test bench system-deps venv clean-data
 
@@ -32,6 +33,7 @@ venv: $(VENV)/.installed
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for lib in $(SYSTEM_LIBS); do dpkg-query -W -f='$${Status}' $$lib 2>/dev/null | grep -q "ok installed" || missing="$$missing $$lib"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \

@@ -2,6 +2,7 @@
 
 Subcommands:
   detect FILE...                  keyword events in recordings of any length (default model built in)
+  listen [--device N]             keyword events from the microphone as they happen (--input F: a file as if live)
   train --config F.yaml [k=v...]  train a CRNN keyword spotter (the toolkit's training loop)
   evaluate --model M --manifest M accuracy, per-class accuracy, confusion; FRR vs false alarms/hour
   prepare ROOT --out DIR          Speech Commands manifests (12- or 35-class protocol)
@@ -99,16 +100,7 @@ def _add_detector_flags(p) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
 
-def _add_detect(sub) -> None:
-    p = sub.add_parser("detect", help="find keywords in recordings",
-                       description="Stream each file in blocks (any length, any soundfile format and sample rate), "
-                                   "slide the model over it and print one event per detection: file, keyword, start "
-                                   "and end in seconds, score. Files that cannot be read are reported on stderr and "
-                                   "the others still processed; the exit status is 1 if any file failed.")
-    p.add_argument("files", nargs="+", type=Path, help="audio files")
-    _add_detector_flags(p)
-    p.add_argument("--format", choices=("text", "jsonl", "json", "csv"), default="text",
-                   help="text (tab-separated, default), jsonl/json (one JSON object per line) or csv")
+def _add_backend_flags(p) -> None:
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
                    help="onnx: ONNX Runtime and numpy, no PyTorch (about 3x faster, a fraction of the memory); torch: "
                         "the PyTorch model. auto (default): onnx when the model is a .onnx file or is the default "
@@ -117,6 +109,24 @@ def _add_detect(sub) -> None:
     p.add_argument("--int8", action="store_true",
                    help="onnx backend: the int8-quantized export (<model>.int8.onnx; shipped for the default model): "
                         "faster still, scores within about 0.01 of float32")
+
+
+def _add_format_flag(p) -> None:
+    p.add_argument("--format", choices=("text", "jsonl", "json", "csv"), default="text",
+                   help="text (tab-separated: file, keyword, start, end, score; default), jsonl/json (one JSON "
+                        "object per line) or csv")
+
+
+def _add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="find keywords in recordings",
+                       description="Stream each file in blocks (any length, any soundfile format and sample rate), "
+                                   "slide the model over it and print one event per detection: file, keyword, start "
+                                   "and end in seconds, score. Files that cannot be read are reported on stderr and "
+                                   "the others still processed; the exit status is 1 if any file failed.")
+    p.add_argument("files", nargs="+", type=Path, help="audio files")
+    _add_detector_flags(p)
+    _add_format_flag(p)
+    _add_backend_flags(p)
     p.add_argument("--block-seconds", type=float, default=30.0, help="seconds read from a file at a time (default 30)")
 
 
@@ -237,17 +247,39 @@ def _add_curve(sub) -> None:
     p.add_argument("--target", type=float, default=None, help="an accuracy to extrapolate to, e.g. 0.9")
 
 
+def _add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="keyword events from the microphone, as they happen",
+                       description="Read the default input device (or --device) through PortAudio and print one "
+                                   "line per detection as soon as the detector completes it, with start and end in "
+                                   "seconds since listening began. Stop with Ctrl-C. --input FILE plays a file as if "
+                                   "it were the microphone (at --speed), which prints the events `kws detect FILE` "
+                                   "prints.")
+    _add_detector_flags(p)
+    _add_backend_flags(p)
+    _add_format_flag(p)
+    p.add_argument("--device", default=None,
+                   help="input device: its number or a part of its name (default: the system's default input; "
+                        "--list-devices shows them)")
+    p.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
+    p.add_argument("--input", type=Path, default=None,
+                   help="read this audio file as if it were the microphone (for trying a model or a setting)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
+    p.add_argument("--block-ms", type=float, default=100.0,
+                   help="milliseconds of audio read at a time (default 100)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_detect, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
+    for add in (_add_detect, _add_listen, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
                 _add_export, _add_cut, _add_mine):
         add(sub)
     return parser
 
 
-def _detector(args, purpose: str = "kws detect"):
+def _detector(args, purpose: str = "kws detect", batch_windows: int = 256):
     import torch
 
     from kws.detect import Detector, load_detector
@@ -258,11 +290,13 @@ def _detector(args, purpose: str = "kws detect"):
     model, labels, cfg = load_detector(args.model, purpose=purpose)
     _apply_flags(args, cfg)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
-    return Detector(model, labels, keywords, cfg)
+    return Detector(model, labels, keywords, cfg, batch_windows=batch_windows)
 
 
-def _onnx_detector(args):
-    """The ONNX Runtime detector of ``--backend``/``--model``/``--int8``, or None for the torch one."""
+def _onnx_detector(args, batch_windows: int = 256):
+    """The ONNX Runtime detector of ``--backend``/``--model``/``--int8``, or None for the torch one.
+
+    ``batch_windows``: windows classified together; live audio wants 1 (each window as soon as it is ready)."""
     default = Path(__file__).resolve().parent / "pretrained" / "crnn.pt"
     model = args.model or default
     if args.backend == "torch":
@@ -289,7 +323,7 @@ def _onnx_detector(args):
     detector = OnnxDetector(onnx_path, threads=args.threads)
     _apply_flags(args, detector.cfg)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
-    return OnnxDetector(onnx_path, keywords, config=detector.cfg, threads=args.threads)
+    return OnnxDetector(onnx_path, keywords, config=detector.cfg, threads=args.threads, batch_windows=batch_windows)
 
 
 def _apply_flags(args, cfg) -> None:
@@ -298,23 +332,49 @@ def _apply_flags(args, cfg) -> None:
             setattr(cfg, key, getattr(args, key))
 
 
+def _event_printer(fmt: str):
+    """A function that prints one event in ``fmt`` (text, jsonl/json or csv; csv starts with its header)."""
+    if fmt in ("jsonl", "json"):
+        return lambda ev: print(json.dumps(ev.to_dict()), flush=True)
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "keyword", "start", "end", "score"])
+
+        def write(ev) -> None:
+            writer.writerow([ev.file, ev.keyword, f"{ev.start:.2f}", f"{ev.end:.2f}", f"{ev.score:.3f}"])
+            sys.stdout.flush()
+        return write
+    return lambda ev: print(f"{ev.file}\t{ev.keyword}\t{ev.start:.2f}\t{ev.end:.2f}\t{ev.score:.3f}", flush=True)
+
+
+def run_listen(args) -> int:
+    from asr.serve.sources import list_devices, open_source
+    from kws.listen import listen
+
+    if args.list_devices:
+        print(list_devices())
+        return 0
+    detector = _onnx_detector(args, batch_windows=1) or _detector(args, "kws listen", batch_windows=1)
+    source = open_source(args.input, args.device, detector.sample_rate, args.block_ms, args.speed)
+    if args.input is None:
+        print(f"kws listen: listening to {source.name} for {', '.join(detector.keywords)} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+    summary = listen(detector, source, _event_printer(args.format))
+    print(f"kws listen: {summary.events} events in {summary.seconds:.1f} s of audio"
+          f"{' (stopped by Ctrl-C)' if summary.interrupted else ''}", file=sys.stderr)
+    return 0
+
+
 def run_detect(args) -> int:
     from kws.events import events_in_file as detect_file
 
     detector = _onnx_detector(args) or _detector(args)
     failed = 0
-    writer = csv.writer(sys.stdout) if args.format == "csv" else None
-    if writer:
-        writer.writerow(["file", "keyword", "start", "end", "score"])
+    emit = _event_printer(args.format)
     for path in args.files:
         try:
             for ev in detect_file(detector, path, args.block_seconds):
-                if args.format in ("jsonl", "json"):
-                    print(json.dumps(ev.to_dict()), flush=True)
-                elif writer:
-                    writer.writerow([ev.file, ev.keyword, f"{ev.start:.2f}", f"{ev.end:.2f}", f"{ev.score:.3f}"])
-                else:
-                    print(f"{ev.file}\t{ev.keyword}\t{ev.start:.2f}\t{ev.end:.2f}\t{ev.score:.3f}", flush=True)
+                emit(ev)
         except AudioError as e:
             print(f"kws detect: error: {e}", file=sys.stderr)
             failed += 1
@@ -528,7 +588,7 @@ def run_mine(args) -> int:
     return 0
 
 
-COMMANDS = {"detect": run_detect, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
+COMMANDS = {"detect": run_detect, "listen": run_listen, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
             "split": run_split, "combine": run_combine, "make-stream": run_make_stream, "curve": run_curve,
             "export": run_export, "cut": run_cut, "mine": run_mine}
 
