@@ -15,6 +15,7 @@ Subcommands:
   cut IN... --out W.jsonl         running speech cut into 1-s _unknown_ windows (training negatives)
   mine --model M IN... --out H.jsonl   the windows the detector fires on in speech (hard negatives)
   curve MANIFEST=EVAL.json...     held-out accuracy against real training speakers: CSV, PNG, log-linear fit
+  serve [--model M] [--port P]    keyword events for many streams over WebSocket (protocol: asr/serve/protocol.py)
 """
 
 from __future__ import annotations
@@ -269,12 +270,53 @@ def _add_listen(sub) -> None:
                    help="milliseconds of audio read at a time (default 100)")
 
 
+# --- kws serve (the WebSocket server: asr/serve/server.py with the engine of kws/serve.py) ---
+def _add_serve(sub) -> None:
+    from asr.cli import add_serve_args
+
+    p = sub.add_parser("serve", help="keyword events for many streams over WebSocket",
+                       description="Serve the keyword spotter over WebSocket: a client sends a JSON config (optionally "
+                                   "its keywords and threshold), audio chunks and end-of-stream, and gets one message "
+                                   "per detection as it happens, then a final one (the protocol: "
+                                   "asr/serve/protocol.py; a client: asr.client.stream_file). The torch backend "
+                                   "classifies the windows of all concurrent streams in one batch; the onnx backend "
+                                   "runs them one by one. Prints the URL it "
+                                   "listens on; stops on Ctrl-C or SIGTERM and prints a summary.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a crnn checkpoint (.pt) or its ONNX export (.onnx) (default: the model shipped with the package)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="torch: the windows of all streams classified in one batch; onnx: ONNX Runtime, stream by "
+                        "stream (about twice the streams on 2 cores); auto (default): onnx for a .onnx model or the "
+                        "shipped model when onnxruntime is installed, else torch")
+    p.add_argument("--keywords", default=None,
+                   help="comma-separated keywords of a stream whose config names none (default: all the model knows)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold of a stream whose config sets none (default: the one stored with the model)")
+    add_serve_args(p, "KWS_SERVE_TOKEN")
+
+
+def run_serve(args) -> int:
+    from asr.cli import serve_limits, serve_token
+    from asr.serve.server import run_server
+    from kws.serve import load_kws_engine
+
+    limits = serve_limits(args)
+    keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords else None
+    engine = load_kws_engine(args.model, args.backend, keywords, args.threads, threshold=args.threshold)
+    summary = run_server(engine, args.host, args.port, limits, serve_token(args, "KWS_SERVE_TOKEN"),
+                         on_listening=lambda url: print(f"listening on {url}", flush=True))
+    for key, value in summary.items():
+        print(f"{key}\t{value}", flush=True)
+    return 0
+# --- end of kws serve ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_detect, _add_listen, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
-                _add_export, _add_cut, _add_mine):
+                _add_export, _add_cut, _add_mine, _add_serve):
         add(sub)
     return parser
 
@@ -590,7 +632,8 @@ def run_mine(args) -> int:
 
 COMMANDS = {"detect": run_detect, "listen": run_listen, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
             "split": run_split, "combine": run_combine, "make-stream": run_make_stream, "curve": run_curve,
-            "export": run_export, "cut": run_cut, "mine": run_mine}
+            "export": run_export, "cut": run_cut, "mine": run_mine,
+            "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
