@@ -6,11 +6,13 @@ Subcommands available:
   prepare synthetic --out DIR               synthesize the offline default corpora (espeak-ng, flite)
   download librispeech|speech-commands      fetch a public corpus (needs internet)
   train --config FILE.yaml [key=value ...]  train a model (CTC, RNN-T or attention)
-  transcribe --model CKPT FILE ...          print one transcript per audio file
+  transcribe --model CKPT FILE ...          print one transcript per audio file (--format json|srt|...: word times)
   evaluate --model CKPT --manifest M.jsonl  WER/CER and per-utterance alignments
   lm --manifest M.jsonl --out LM.arpa       build a word n-gram LM for beam search
   select --model CKPT --pool P.jsonl --budget N[h] --strategy S --out SEL.jsonl   active-learning selection
   export CKPT OUT_DIR [--int8]              a streaming CTC/transducer model as ONNX (no torch needed to run it)
+  listen --model CKPT [--device N]          live transcripts from the microphone (--input F: a file as if live)
+  serve --model CKPT [--port P]             streaming recognition over WebSocket (client: transcribe --server URL)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from asr.audio import AudioError
 from asr.errors import MissingFileError, UsageError, run_cli
 
 log = logging.getLogger("asr")
+TRANSCRIBE_FORMATS = ("text", "json", "jsonl", "srt", "vtt")  # == asr.decode.timestamps.FORMATS (not imported: fast --help)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -99,8 +102,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys for sections")
 
 
-def _add_decode_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="a checkpoint written by `asr train` (last.pt, best.pt, avg.pt); transcribe also takes an `asr export` folder")
+def _add_decode_flags(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", type=Path, required=model_required, help="a checkpoint written by `asr train` (last.pt, best.pt, avg.pt); transcribe also takes an `asr export` folder")
     p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default 16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--decoder", choices=("greedy", "beam", "modified_beam"), default="greedy",
@@ -136,18 +139,37 @@ def _add_lm(sub: argparse._SubParsersAction) -> None:
 
 def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files",
-                       description="Prints FILE<TAB>TRANSCRIPT for each file. An unreadable file is reported on "
-                                   "stderr (naming it) and the others are still transcribed; the exit status is "
-                                   "then 1.")
+                       description="Prints FILE<TAB>TRANSCRIPT for each file (--format text), or the transcripts "
+                                   "with each word's start and end (seconds) and confidence (0-1): --format json (one "
+                                   "JSON list of {audio, text, words: [{word, start, end, confidence}]}), jsonl (one "
+                                   "such object per line), srt or vtt (subtitles; with several files --out-dir DIR "
+                                   "writes DIR/<stem>.srt|.vtt for each). Word times come from the alignment of the "
+                                   "decoded tokens (CTC forced alignment, the RNN-T lattice's best path, the joint CTC "
+                                   "head of attention models) and work with every --decoder, --lm and --streaming. "
+                                   "An unreadable file is reported on stderr (naming it) and the others are still "
+                                   "transcribed; the exit status is then 1.")
     p.add_argument("files", nargs="+", type=Path, help="audio files (any format soundfile reads, any sample rate)")
-    _add_decode_flags(p)
+    _add_decode_flags(p, model_required=False)
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="stream each file to an `asr serve` server (ws://HOST:PORT) instead of loading --model; "
+                        "prints its final transcripts")
+    p.add_argument("--token", default=None,
+                   help="with --server: the server's secret (default: $ASR_SERVE_TOKEN)")
     p.add_argument("--streaming", action="store_true",
                    help="recognise as a stream, chunk by chunk (forward-only/causal CTC or transducer models)")
     p.add_argument("--chunk-ms", type=float, default=200.0, help="streaming chunk length in milliseconds (default 200)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                   help="onnx: an `asr export` folder on ONNX Runtime with numpy, no PyTorch (streaming, greedy); "
-                        "torch: a checkpoint; auto (default): onnx when --model is a folder, else torch")
+                   help="onnx: an `asr export` folder on ONNX Runtime with numpy, no PyTorch (streaming, greedy, "
+                        "--format text only); torch: a checkpoint; auto (default): onnx when --model is a folder, "
+                        "else torch")
     p.add_argument("--threads", type=int, default=1, help="onnx backend: ONNX Runtime threads per graph (default 1)")
+    p.add_argument("--format", choices=TRANSCRIBE_FORMATS, default="text",
+                   help="text (default): FILE<TAB>TRANSCRIPT lines; json: one JSON list with per-word start, end and "
+                        "confidence; jsonl: one JSON object per file and line; srt / vtt: subtitles (cues of up to 7 "
+                        "words / 3.5 s, split at pauses over 0.8 s)")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="srt / vtt: write DIR/<audio file stem>.srt|.vtt per file (needed with several files; "
+                        "prints FILE<TAB>SUBTITLE FILE) instead of printing the subtitles")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -164,6 +186,37 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="the folder to write")
     p.add_argument("--int8", action="store_true",
                    help="quantize MatMul/Gemm/LSTM weights to int8 (ONNX Runtime dynamic quantization)")
+
+
+def _add_listen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("listen", help="transcribe the microphone as you speak",
+                       description="Read the default input device (or --device) through PortAudio and recognise it as "
+                                   "a stream with a streaming model (a forward-only/causal CTC or transducer "
+                                   "checkpoint, or an `asr export` folder): the partial transcript as it grows, and a "
+                                   "final line per utterance (START END TEXT, seconds since listening began) once "
+                                   "--endpoint-silence seconds pass without a new word. Stop with Ctrl-C. --input FILE "
+                                   "plays a file as if it were the microphone.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a streaming checkpoint (see recipes/synthetic/conf/ctc_streaming.yaml) or an `asr export` folder")
+    p.add_argument("--device", default=None,
+                   help="input device: its number or a part of its name (default: the system's default input; "
+                        "--list-devices shows them)")
+    p.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
+    p.add_argument("--input", type=Path, default=None,
+                   help="read this audio file as if it were the microphone (for trying a model)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
+    p.add_argument("--chunk-ms", type=float, default=200.0,
+                   help="the recognizer runs on chunks of this many milliseconds (default 200)")
+    p.add_argument("--endpoint-silence", type=float, default=1.0,
+                   help="seconds without a new token that end an utterance (default 1.0; 0 = one utterance until "
+                        "the end)")
+    p.add_argument("--max-utterance", type=float, default=30.0,
+                   help="seconds after which an utterance ends regardless (default 30; 0 = no limit)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: finals as START<TAB>END<TAB>TEXT lines (partials overwrite one line of the "
+                        "terminal on stderr); jsonl: partial and final objects with word times, one per line")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -258,6 +311,9 @@ def _transcribe_onnx(args: argparse.Namespace) -> int:
 
     if args.decoder != "greedy" or args.lm is not None:
         raise UsageError("the onnx backend decodes greedily (no --decoder beam, no --lm)")
+    if args.format != "text":
+        raise UsageError(f"{args.model}: the onnx backend prints text only; --format {args.format} (word timestamps) "
+                         "needs a checkpoint (--backend torch)")
     recognizer = OnnxRecognizer(args.model, chunk_ms=args.chunk_ms, threads=args.threads)
     failed = 0
     for path in args.files:
@@ -271,7 +327,52 @@ def _transcribe_onnx(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _check_transcribe_output(args: argparse.Namespace) -> None:
+    """``--format`` / ``--out-dir`` fit together and with the files (before any work)."""
+    subtitles = args.format in ("srt", "vtt")
+    if args.out_dir is not None:
+        if not subtitles:
+            raise UsageError(f"--out-dir {args.out_dir}: only for --format srt or vtt (not {args.format})")
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            raise UsageError(f"--out-dir {args.out_dir}: exists and is not a folder")
+        stems: dict[str, Path] = {}
+        for path in args.files:
+            other = stems.setdefault(path.stem, path)
+            if other != path:
+                raise UsageError(f"{other} and {path} would both be written to {args.out_dir / path.stem}."
+                                 f"{args.format}: give files with different names")
+    elif subtitles and len(args.files) > 1:
+        raise UsageError(f"--format {args.format} with {len(args.files)} files needs --out-dir DIR "
+                         f"(one DIR/<stem>.{args.format} per file)")
+
+
+def _print_transcripts(transcripts: list, args: argparse.Namespace) -> None:
+    """Print (or with ``--out-dir`` write) the transcripts in ``args.format``."""
+    from asr.decode.timestamps import format_transcripts
+    from asr.utils import atomic_open
+
+    if args.format == "json":
+        print(format_transcripts(transcripts, "json"), flush=True)
+        return
+    for t in transcripts:
+        if args.out_dir is not None:
+            out = args.out_dir / f"{Path(t.audio).stem}.{args.format}"
+            try:
+                with atomic_open(out, "w", encoding="utf-8") as f:
+                    f.write(t.format(args.format))
+            except OSError as e:
+                raise UsageError(f"{out}: cannot write it ({e.strerror or e})") from None
+            print(f"{t.audio}\t{out}", flush=True)
+        else:
+            print(t.format(args.format).rstrip("\n"), flush=True)
+
+
 def run_transcribe(args: argparse.Namespace) -> int:
+    _check_transcribe_output(args)
+    if args.server:
+        return _transcribe_server(args)
+    if args.model is None:
+        raise UsageError("give --model CKPT (or --server URL)")
     if args.backend == "onnx" or (args.backend == "auto" and args.model.is_dir()):
         return _transcribe_onnx(args)
     if args.model.is_dir():
@@ -290,26 +391,38 @@ def run_transcribe(args: argparse.Namespace) -> int:
             print(f"asr transcribe: error: {e}", file=sys.stderr)
             failed += 1
     if args.streaming:
-        return _transcribe_streaming(model, family, tokenizer, items, args.chunk_ms, device, failed)
-    texts = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False, skip_bad=True,
-                             options=_decode_options(args),
-                             on_error=lambda item, e: print(f"asr transcribe: error: {e}", file=sys.stderr))
-    for item, text in zip(items, texts):
-        if text is None:
-            failed += 1
-            continue
-        print(f"{item['audio']}\t{text}", flush=True)
+        return _transcribe_streaming(model, family, tokenizer, items, args, device, failed)
+    timestamps = args.format != "text"
+    try:
+        results = transcribe_items(model, family, tokenizer, items, args.batch_size, device, progress=False,
+                                   skip_bad=True, options=_decode_options(args), timestamps=timestamps,
+                                   on_error=lambda item, e: print(f"asr transcribe: error: {e}", file=sys.stderr))
+    except UsageError as e:
+        if not timestamps:
+            raise
+        raise UsageError(f"{args.model}: {e}") from None
+    failed += sum(r is None for r in results)
+    if timestamps:
+        _print_transcripts([r for r in results if r is not None], args)
+    else:
+        for item, text in zip(items, results):
+            if text is not None:
+                print(f"{item['audio']}\t{text}", flush=True)
     return 1 if failed else 0
 
 
-def _transcribe_streaming(model, family, tokenizer, items: list[dict], chunk_ms: float, device: str, failed: int) -> int:
+def _transcribe_streaming(model, family, tokenizer, items: list[dict], args: argparse.Namespace, device: str,
+                          failed: int) -> int:
     import torch
 
     from asr.audio import iter_audio_blocks
     from asr.decode.streaming import Recognizer
+    from asr.decode.timestamps import Transcript
 
+    chunk_ms = args.chunk_ms
     recognizer = Recognizer(model.to(device), tokenizer, chunk_ms=chunk_ms, family=family)
     sr = model.frontend.features.config.sample_rate
+    transcripts = []
     for item in items:
         try:
             state, text = None, ""
@@ -320,8 +433,62 @@ def _transcribe_streaming(model, family, tokenizer, items: list[dict], chunk_ms:
             print(f"asr transcribe: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{item['audio']}\t{text}", flush=True)
+        if args.format == "text":
+            print(f"{item['audio']}\t{text}", flush=True)
+        else:
+            transcripts.append(Transcript(text, recognizer.words(state), item["audio"]))
+    if args.format != "text":
+        _print_transcripts(transcripts, args)
     return 1 if failed else 0
+
+
+# --- asr listen (asr/serve/listen.py) ---
+def _streaming_recognizer(model_path: Path, chunk_ms: float, threads: int, purpose: str):
+    """A PyTorch streaming recognizer of a checkpoint, or the ONNX one of an `asr export` folder."""
+    if model_path.is_dir():
+        from asr.runtime.recognizer import OnnxRecognizer
+
+        return OnnxRecognizer(model_path, chunk_ms=chunk_ms, threads=threads)
+    import torch
+
+    from asr.checkpoint import load_model
+    from asr.decode.streaming import Recognizer
+
+    torch.set_num_threads(max(1, threads))
+    model, family, tokenizer, _ = load_model(model_path, "cpu", purpose=purpose, recognizer=True)
+    return Recognizer(model, tokenizer, chunk_ms=chunk_ms, family=family)
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    import json
+
+    from asr.serve.listen import listen
+    from asr.serve.sources import list_devices, open_source
+
+    if args.list_devices:
+        print(list_devices())
+        return 0
+    recognizer = _streaming_recognizer(args.model, args.chunk_ms, args.threads, "asr listen")
+    source = open_source(args.input, args.device, recognizer.sample_rate, args.chunk_ms, args.speed)
+    live = sys.stderr.isatty() and args.format == "text"  # partials overwrite one terminal line
+    if args.input is None:
+        print(f"asr listen: listening to {source.name} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    def show(utt) -> None:
+        if args.format == "jsonl":
+            print(json.dumps(utt.to_json()), flush=True)
+        elif utt.final:
+            if live:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+            print(f"{utt.start:.2f}\t{utt.end:.2f}\t{utt.text}", flush=True)
+        elif live:
+            print(f"\r\033[K{utt.text[-150:]}", end="", file=sys.stderr, flush=True)
+
+    summary = listen(recognizer, source, show, args.endpoint_silence, args.max_utterance)
+    print(f"asr listen: {summary.utterances} utterances in {summary.seconds:.1f} s of audio"
+          f"{' (stopped by Ctrl-C)' if summary.interrupted else ''}", file=sys.stderr)
+    return 0
+# --- end of asr listen ---
 
 
 def run_lm(args: argparse.Namespace) -> int:
@@ -421,6 +588,110 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- asr serve / transcribe --server (the WebSocket server and its client: asr/serve/, asr/client.py) ---
+def add_serve_args(p: argparse.ArgumentParser, token_env: str) -> None:
+    """The server flags of `asr serve` (and `kws serve`): address, token, limits."""
+    from asr.serve.protocol import ServerLimits
+
+    d = ServerLimits()
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network, "
+                        "then also set a token)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port, printed at start)")
+    p.add_argument("--token", default=None,
+                   help=f"a secret every client's config must carry (default: ${token_env}, else none; prefer the "
+                        "environment variable: command lines are visible to other users)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help=f"concurrent streams; one more is closed with code 1013 (default {d.max_connections})")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help=f"largest message; a bigger one closes the stream with 1009 (default {d.max_message_bytes})")
+    p.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds,
+                   help=f"audio per stream; past it the final result is sent and the stream closed with 4000 "
+                        f"(default {d.max_stream_seconds:g})")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                   help=f"seconds without a message from a client before its stream is closed with 4001 "
+                        f"(default {d.idle_timeout:g})")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of the model (default 1)")
+
+
+def serve_limits(args: argparse.Namespace):
+    """The :class:`asr.serve.protocol.ServerLimits` of the flags of :func:`add_serve_args`."""
+    from asr.serve.protocol import ServerLimits
+
+    limits = ServerLimits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+                          max_stream_seconds=args.max_stream_seconds, idle_timeout=args.idle_timeout)
+    limits.check()
+    return limits
+
+
+def serve_token(args: argparse.Namespace, env: str) -> str | None:
+    import os
+
+    return args.token if args.token is not None else (os.environ.get(env) or None)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve streaming recognition over WebSocket",
+                       description="Serve a streaming model over WebSocket: a client sends a JSON config, audio "
+                                   "chunks and end-of-stream, and gets partial transcripts with word timings and a "
+                                   "final one (the protocol: asr/serve/protocol.py; a client: `asr transcribe "
+                                   "--server URL FILE`). Concurrent streams share the model; their encoder steps run "
+                                   "batched. Prints the URL it listens on; stops on Ctrl-C or SIGTERM and prints a "
+                                   "summary.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a streaming CTC/transducer checkpoint, or an `asr export` folder (ONNX Runtime, no batching)")
+    add_serve_args(p, "ASR_SERVE_TOKEN")
+    p.add_argument("--chunk-ms", type=float, default=None,
+                   help="the recognizer's chunk in milliseconds (default 200, for a causal Conformer rounded to whole "
+                        "attention chunks so that all streams batch together)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default): onnx for an export folder, else torch")
+    p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--no-batch", action="store_true", help="run every stream's encoder step on its own (for comparison)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from asr.serve.engines import load_asr_engine
+    from asr.serve.server import run_server
+
+    onnx = args.backend == "onnx" or (args.backend == "auto" and args.model.is_dir())
+    device = "cpu" if onnx else _device(args.device)
+    limits = serve_limits(args)
+    engine = load_asr_engine(args.model, chunk_ms=args.chunk_ms, device=device, threads=args.threads,
+                             backend=args.backend, batch=not args.no_batch)
+    summary = run_server(engine, args.host, args.port, limits, serve_token(args, "ASR_SERVE_TOKEN"),
+                         on_listening=lambda url: print(f"listening on {url}", flush=True))
+    for key, value in summary.items():
+        print(f"{key}\t{value}", flush=True)
+    return 0
+
+
+def _transcribe_server(args: argparse.Namespace) -> int:
+    """`asr transcribe --server URL FILE...`: each file streamed to the server, its final transcript printed."""
+    from asr.client import ServerError, stream_file
+    from asr.decode.timestamps import Transcript, WordTiming
+
+    fmt = args.format
+    token = serve_token(args, "ASR_SERVE_TOKEN")
+    done, failed = [], 0
+    for path in args.files:
+        try:
+            final = stream_file(args.server, path, token=token, config={"partial": False})["final"]
+        except (AudioError, ServerError) as e:
+            print(f"asr transcribe: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        t = Transcript(final["text"], [WordTiming(**w) for w in final.get("words", [])], str(path))
+        if fmt == "text":
+            print(t.format(fmt), flush=True)
+        else:
+            done.append(t)
+    if done:
+        _print_transcripts(done, args)
+    return 1 if failed else 0
+# --- end of asr serve ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -433,12 +704,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm(sub)
     _add_select(sub)
     _add_export(sub)
+    _add_listen(sub)
+    _add_serve(sub)
     return parser
 
 
 COMMANDS = {"prepare": run_prepare, "download": run_download, "train": run_train,
             "transcribe": run_transcribe, "evaluate": run_evaluate, "lm": run_lm,
-            "select": run_select, "export": run_export}
+            "select": run_select, "export": run_export, "listen": run_listen,
+            "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

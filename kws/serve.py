@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from kws.events import StreamEvents, end_padding
 
 log = logging.getLogger("kws.serve")
 
-__all__ = ["BatchDetector", "KwsEngine", "load_kws_engine"]
+__all__ = ["KwsEngine", "load_kws_engine"]
 
 
 def _batch_detector_class():

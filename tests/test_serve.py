@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from asr.audio import iter_audio_blocks, resample
-from asr.client import ServerError, stream_audio, stream_file, stream_file_async
+from asr.client import ServerError, stream_audio, stream_file_async
 from asr.decode.streaming import Recognizer, transcribe_stream
 from asr.models.config import EncoderConfig, ModelConfig
 from asr.models.ctc import CTCModel

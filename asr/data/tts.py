@@ -3,15 +3,21 @@
 :func:`list_speakers` gives the seeded set of speakers (voice, variant, pitch, speed, word
 gap, warp, split); :func:`synthesize` speaks a text with one of them, and the helpers here
 turn that into the finished keyword clips and sentences of :mod:`asr.data.synthetic`.
+:func:`synthesize_words` speaks a text through libespeak-ng itself and also returns where each
+word starts (the synthesizer's word events): ground truth for word timestamps.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import math
+import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +32,7 @@ __all__ = [
     "list_speakers",
     "flite_available",
     "synthesize",
+    "synthesize_words",
     "trim_silence",
     "ESPEAK_VOICES",
     "FLITE_VOICES",
@@ -202,6 +209,136 @@ def synthesize(text: str, speaker: Speaker, rng: np.random.Generator, sample_rat
     wav, sr = _run_tts(cmd, f"{speaker.name} on {text!r}")
     # Reading the samples as if recorded at sr * warp shifts pitch, formants and tempo together.
     return resample(wav, int(round(sr * warp)), sample_rate)
+
+
+class _EspeakEvent(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h (the leading fields this module reads; the union is a pointer)."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+class _EspeakVoice(ctypes.Structure):
+    """``espeak_VOICE`` of speak_lib.h."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
+_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
+_ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_WORDGAP = 1, 3, 7
+_SYNCHRONOUS, _CHARS_UTF8 = 2, 1
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                  ctypes.POINTER(_EspeakEvent))
+
+
+class _Espeak:
+    """libespeak-ng through ctypes, initialised once per process (synchronous mode: the callback
+    receives the samples and events while ``espeak_Synth`` runs). One synthesis at a time."""
+
+    _instance: "_Espeak | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+        try:
+            self.lib = ctypes.CDLL(name)
+        except OSError as e:
+            raise ToolkitError(f"libespeak-ng not found ({e}): install espeak-ng (e.g. apt-get install "
+                               "espeak-ng libespeak-ng1)") from None
+        self.sample_rate = int(self.lib.espeak_Initialize(_SYNCHRONOUS, 0, None, 0))
+        if self.sample_rate <= 0:
+            raise ToolkitError(f"libespeak-ng ({name}) failed to initialise (espeak-ng-data missing?)")
+        self.chunks: list[np.ndarray] = []
+        self.events: list[tuple[int, int]] = []  # (text position, 1-based; sample)
+        self.callback = _SynthCallback(self._receive)  # kept alive as long as the library may call it
+        self.lib.espeak_SetSynthCallback(self.callback)
+        self.lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_EspeakVoice)
+
+    @classmethod
+    def get(cls) -> "_Espeak":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _receive(self, wav, n: int, events) -> int:
+        if n > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_WORD:
+                self.events.append((int(events[i].text_position), int(events[i].sample)))
+            i += 1
+        return 0
+
+    def set_voice(self, voice: str, variant: str) -> None:
+        """Select ``voice`` (a voice name or, as the espeak-ng command does, a language) + ``variant``."""
+        lib, suffix = self.lib, f"+{variant}".encode() if variant else b""
+        if lib.espeak_SetVoiceByName(voice.encode() + suffix) == 0:
+            return
+        select = _EspeakVoice(languages=voice.encode())
+        if lib.espeak_SetVoiceByProperties(ctypes.byref(select)) != 0:
+            raise UsageError(f"espeak-ng has no voice {voice!r}")
+        identifier = lib.espeak_GetCurrentVoice().contents.identifier
+        if suffix and (not identifier or lib.espeak_SetVoiceByName(identifier + suffix) != 0):
+            raise UsageError(f"espeak-ng has no variant {variant!r} of voice {voice!r}")
+
+    def speak(self, text: str, voice: str, variant: str, rate: int, pitch: int,
+              word_gap: int) -> tuple[np.ndarray, list]:
+        lib = self.lib
+        self.set_voice(voice, variant)
+        for param, value in ((_ESPEAK_RATE, rate), (_ESPEAK_PITCH, pitch), (_ESPEAK_WORDGAP, word_gap)):
+            lib.espeak_SetParameter(param, int(value), 0)
+        self.chunks, self.events = [], []
+        data = text.encode("utf-8")
+        status = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
+        lib.espeak_Synchronize()
+        if status != 0:
+            raise ToolkitError(f"espeak-ng could not speak {text!r} (status {status})")
+        wav = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+        return wav.astype(np.float32) / 32768.0, list(self.events)
+
+
+def synthesize_words(text: str, voice: str = "en-us", variant: str = "m3", rate: int = 160, pitch: int = 50,
+                     word_gap: int = 0, sample_rate: int = 16000) -> tuple[np.ndarray, int, list[tuple[str, float]]]:
+    """Speak ``text`` with libespeak-ng and say where each word starts.
+
+    Args:
+        text: plain text (words separated by spaces; punctuation is spoken as pauses).
+        voice, variant: espeak-ng voice (``en-us``, ``en-gb``, ...) and variant (``m3``, ``f2``, ...;
+            ``""`` for none).
+        rate: words per minute; ``pitch``: 0-99; ``word_gap``: extra pause between words (10 ms units).
+        sample_rate: rate of the returned samples.
+
+    Returns:
+        ``(samples float32 (N,), sample_rate, [(word, start seconds), ...])``: one entry per
+        whitespace-separated word of ``text`` that the synthesizer reported (its WORD event:
+        where the word's first phoneme begins), in order; a word is as written in ``text``.
+
+    Raises:
+        ToolkitError: libespeak-ng is not installed; UsageError: unknown voice.
+
+    Example:
+        >>> wav, sr, words = synthesize_words("the cat sat", rate=170)
+        >>> sr, [w for w, _ in words], words[0][1] < words[1][1] < words[2][1] < len(wav) / sr
+        (16000, ['the', 'cat', 'sat'], True)
+    """
+    with _Espeak._lock:
+        engine = _Espeak.get()
+        wav, events = engine.speak(text, voice, variant, rate, pitch, word_gap)
+    spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+    starts = [a for a, _, _ in spans]
+    words: list[tuple[str, float]] = []
+    seen = -1
+    for position, sample in events:
+        k = int(np.searchsorted(starts, position - 1, side="right")) - 1  # the word holding that character
+        if k < 0 or k <= seen or position - 1 >= spans[k][1]:
+            continue
+        seen = k
+        words.append((spans[k][2], sample / engine.sample_rate))
+    return resample(wav, engine.sample_rate, sample_rate), sample_rate, words
 
 
 def _active_range(wav: np.ndarray, sample_rate: int, floor_db: float = -40.0) -> tuple[int, int]:

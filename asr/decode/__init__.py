@@ -1,7 +1,9 @@
 """Decoding: one module per family (greedy and beam searches), and batch transcription.
 
 :func:`transcribe_items` runs any family's decoder over manifest items or files in
-duration-sorted batches and returns the texts in the input order.
+duration-sorted batches and returns the texts in the input order; with ``timestamps=True``
+:class:`~asr.decode.timestamps.Transcript` objects with each word's start, end and confidence
+(the family's ``align`` places the decoded tokens, see :mod:`asr.decode.timestamps`).
 """
 
 from __future__ import annotations
@@ -73,29 +75,49 @@ def transcribe_items(
     skip_bad: bool = False,
     options: DecodeOptions | None = None,
     on_error=None,
-) -> list[str | None]:
+    timestamps: bool = False,
+) -> list:
     """Transcripts of ``items`` (manifest dicts with ``id``/``audio``), in input order.
 
     ``options`` picks the decoder (greedy by default).
     With ``skip_bad`` an unreadable file gives ``None`` (and a warning naming it, or a call of
     ``on_error(item, error)``) instead of raising :class:`asr.audio.AudioError`.
+
+    Returns the texts (``str``), or with ``timestamps`` a :class:`~asr.decode.timestamps.Transcript`
+    per item (its ``audio`` is the item's): the decoded tokens are aligned by the family's
+    ``align`` (:class:`asr.models.Family`) and grouped into words with their start and end
+    (seconds) and confidence (0-1).
     """
     model.eval()
     options = options or DecodeOptions()
     check_options(family, options)  # before reading any audio
+    if timestamps:
+        if family.align is None:
+            raise UsageError(f"the {family.name} family gives no word timestamps")
+        from asr.decode.ctc import WordSplitter
+        from asr.decode.timestamps import Transcript, frame_seconds, words_from_alignment
+
+        splitter, seconds = WordSplitter(tokenizer), frame_seconds(model)
+        audio = {it["id"]: str(it["audio"]) for it in items}
     lm = load_lm(options)
     sr = model.frontend.features.config.sample_rate
     dataset = AudioDataset(items, sample_rate=sr, skip_bad=skip_bad, on_error=on_error)
     durations = [float(it.get("duration", 0.0)) for it in items]
     sampler = DurationBucketSampler(durations, batch_size=batch_size, shuffle=False, rank=0, world_size=1)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch)
-    texts: dict[str, str] = {}
+    texts: dict[str, object] = {}
     with tqdm(total=len(items), desc="decode", unit="utt", disable=not progress) as bar:
         for batch in loader:
             bar.update(len(batch["ids"]) + batch["skipped"])
             if not batch["ids"]:
                 continue
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            for uid, ids in zip(batch["ids"], decode_batch(model, family, batch, options, tokenizer, lm)):
-                texts[uid] = tokenizer.decode(ids)
+            token_seqs = decode_batch(model, family, batch, options, tokenizer, lm)
+            if not timestamps:
+                for uid, ids in zip(batch["ids"], token_seqs):
+                    texts[uid] = tokenizer.decode(ids)
+                continue
+            for uid, ids, ali in zip(batch["ids"], token_seqs, family.align(model, batch, token_seqs)):
+                words = words_from_alignment(ids, ali, splitter, tokenizer, seconds)
+                texts[uid] = Transcript(tokenizer.decode(ids), words, audio[uid])
     return [texts.get(it["id"]) for it in items]

@@ -575,18 +575,48 @@ class CTCStreamDecoder:
     """Greedy CTC decoding carried across the chunks of a stream (the family's ``stream_decoder``).
 
     The state holds the emitted ``tokens`` and the best token of the last frame seen (so a
-    repeat across a chunk boundary merges as it does offline).
+    repeat across a chunk boundary merges as it does offline). For word timestamps it also
+    records, per token, the global encoder frames of its run on the best path (``starts``,
+    ``ends``: first and last) and the sum of its posteriors over them (``post``); ``offset``
+    counts the frames seen. These are the spans and mean posteriors the offline forced
+    alignment of the greedy tokens gives (the best path is that alignment).
     """
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
 
     def init_state(self, device: torch.device) -> dict:
-        return {"tokens": [], "last": BLANK}
+        return {"tokens": [], "last": BLANK, "starts": [], "ends": [], "post": [], "offset": 0}
 
     def step(self, enc: torch.Tensor, state: dict) -> dict:
         """Encoder frames ``(1, t, D)`` of one stream -> its new state."""
         from asr.runtime import ctc_greedy_merge
 
-        tokens, last = ctc_greedy_merge(self.model.head(enc)[0].argmax(-1).tolist(), state["last"], state["tokens"], BLANK)
-        return {"tokens": tokens, "last": last}
+        lp, best = self.model.head(enc)[0].max(-1)  # (t,), (t,)
+        tokens, last = ctc_greedy_merge(best.tolist(), state["last"], state["tokens"], BLANK)
+        # runs of the best path: a non-blank frame starts a token (new) or continues the one before
+        prev = torch.cat([best.new_tensor([state["last"]]), best[:-1]])
+        nonblank = best != BLANK
+        new = nonblank & (best != prev)
+        run = torch.cumsum(new.long(), 0)[nonblank]  # 0 = continues the previous chunk's last token
+        frames = nonblank.nonzero().squeeze(1)
+        k = int(new.sum())
+        ends = torch.full((k + 1,), -1, dtype=torch.long).scatter_reduce(0, run.cpu(), frames.cpu(), "amax")
+        post = torch.zeros(k + 1, dtype=torch.float64).index_add(0, run.cpu(), lp[nonblank].double().exp().cpu())
+        offset = state["offset"]
+        starts, ends_l, post_l = list(state["starts"]), list(state["ends"]), list(state["post"])
+        if ends[0] >= 0:  # the last token's run goes on into this chunk
+            ends_l[-1] = offset + int(ends[0])
+            post_l[-1] += float(post[0])
+        starts += (new.nonzero().squeeze(1).cpu() + offset).tolist()
+        ends_l += (ends[1:] + offset).tolist()
+        post_l += post[1:].tolist()
+        return {"tokens": tokens, "last": last, "starts": starts, "ends": ends_l, "post": post_l,
+                "offset": offset + best.shape[0]}
+
+    def alignment(self, state: dict):
+        """The emitted tokens' runs and mean posteriors (:class:`~asr.decode.timestamps.TokenAlignment`)."""
+        from asr.decode.timestamps import TokenAlignment
+
+        starts, ends = np.asarray(state["starts"], dtype=np.int64), np.asarray(state["ends"], dtype=np.int64)
+        return TokenAlignment(starts, ends, np.asarray(state["post"], dtype=np.float64) / (ends - starts + 1))

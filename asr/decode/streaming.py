@@ -22,6 +22,8 @@ Example:
     >>> text, state = rec.infer(wav[:0], state, final=True)
     >>> text == transcribe_stream(model, tok, wav, chunk_ms=100)
     True
+    >>> " ".join(w.word for w in rec.words(state)) == text
+    True
     >>> algorithmic_latency_ms(model, chunk_ms=200)  # 200 + 2*4*10 + (6*10 + 25)
     365.0
 """
@@ -31,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from asr.decode.ctc import WordSplitter
+from asr.decode.timestamps import WordTiming, frame_seconds, words_from_alignment
 from asr.errors import UsageError
 from asr.models import Family, all_families, family_of
 from asr.text import Tokenizer
@@ -61,7 +65,8 @@ class Recognizer:
     ``infer(samples (n,), state=None, final=False) -> (text so far, state)``. Start each
     stream with ``state=None``; pass ``final=True`` with the last samples (possibly none)
     to flush the buffered audio and the encoder's look-ahead. Each stream has its own
-    state, so one recognizer serves many streams.
+    state, so one recognizer serves many streams. ``words(state)`` gives the words so far
+    with their times and confidences (:class:`~asr.decode.timestamps.WordTiming`).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, chunk_ms: float = 200.0, family: Family | None = None):
@@ -84,6 +89,11 @@ class Recognizer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate ``infer`` expects its samples at."""
+        return self.model.frontend.features.config.sample_rate
+
     def init_state(self) -> dict:
         """A fresh stream: no audio, no tokens."""
         return {"samples": torch.zeros(0, device=self.device), "features": None, "encoder": None,
@@ -101,6 +111,7 @@ class Recognizer:
         elif state["finished"]:
             raise ValueError("this stream is finished (final=True was passed); start a new one with state=None")
         state = dict(state)
+        samples = torch.as_tensor(samples)  # a numpy array (a microphone block) works too
         pending = torch.cat([state["samples"], samples.reshape(-1).to(self.device, torch.float32)])
         ready = pending.shape[0] if final else pending.shape[0] // self.chunk_samples * self.chunk_samples
         if ready > 0 or final:
@@ -108,6 +119,18 @@ class Recognizer:
         state["samples"] = pending[ready:]
         state["finished"] = final
         return self.tokenizer.decode(state["decoder"]["tokens"]), state
+
+    def words(self, state: dict | None) -> list[WordTiming]:
+        """The words recognised so far in a stream's ``state``: times in seconds from the start of
+        the stream, and confidences (see :mod:`asr.decode.timestamps`; for CTC the same as
+        offline greedy decoding gives). The last word may still grow until ``final``."""
+        if state is None:
+            return []
+        if getattr(self, "_splitter", None) is None:
+            self._splitter = WordSplitter(self.tokenizer)
+        dec = state["decoder"]
+        return words_from_alignment(dec["tokens"], self.decoder.alignment(dec), self._splitter, self.tokenizer,
+                                    frame_seconds(self.model))
 
     def _process(self, samples: torch.Tensor, state: dict, final: bool) -> None:
         frontend, encoder = self.model.frontend, self.model.encoder

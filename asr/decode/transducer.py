@@ -38,6 +38,7 @@ import heapq
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 from asr.constants import BLANK
@@ -46,7 +47,8 @@ from asr.errors import UsageError
 
 NEG_INF = float("-inf")
 
-__all__ = ["transducer_beam_search", "modified_beam_search", "transducer_decode_nbest", "TransducerStreamDecoder"]
+__all__ = ["transducer_beam_search", "modified_beam_search", "transducer_decode_nbest", "transducer_token_alignment",
+           "TransducerStreamDecoder"]
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -344,11 +346,68 @@ def transducer_decode_nbest(model, batch: dict, decoder: str = "beam", beam: int
     raise UsageError(f"unknown decoder {decoder!r} (beam or modified_beam)")
 
 
+def transducer_token_alignment(model, enc: torch.Tensor, lengths: torch.Tensor, token_seqs: list[list[int]],
+                               max_cells: int = 4_000_000) -> list:
+    """Viterbi alignment of each token sequence through its RNN-T lattice (any decoder's output).
+
+    The joint's log-probabilities of blank ``(T, U+1)`` and of the next label ``(T, U)`` are
+    computed per utterance, a few frames at a time (at most ``max_cells`` joint hidden values
+    alive), then :func:`asr.decode.timestamps.rnnt_viterbi` finds the best path of the whole batch.
+
+    Args:
+        model: a :class:`~asr.models.transducer.TransducerModel`, in eval mode.
+        enc: encoder output ``(B, T, H_enc)``; ``lengths (B,)`` valid frames.
+        token_seqs: ``B`` label sequences.
+
+    Returns:
+        per utterance a :class:`~asr.decode.timestamps.TokenAlignment`: each token on the frame that
+        emits it (``start == end``), with the joint's probability of emitting it there.
+    """
+    from asr.decode.timestamps import NEG, TokenAlignment, rnnt_viterbi
+
+    B, T, _ = enc.shape
+    device = enc.device
+    U = max((len(s) for s in token_seqs), default=0)
+    token_lengths = torch.tensor([len(s) for s in token_seqs], dtype=torch.long)
+    tokens = torch.zeros(B, max(U, 1), dtype=torch.long, device=device)
+    for b, seq in enumerate(token_seqs):
+        tokens[b, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    joiner = model.joiner
+    enc_proj = joiner.project_encoder(enc)  # (B, T, J)
+    pred_proj = joiner.project_predictor(model.predictor(tokens[:, :U], token_lengths))  # (B, U+1, J)
+    blank = torch.full((B, T, U + 1), NEG, dtype=torch.float64)
+    emit = torch.full((B, T, max(U, 1)), NEG, dtype=torch.float64)
+    lens = [min(int(n), T) for n in lengths.tolist()]
+    for b, seq in enumerate(token_seqs):
+        n, u = lens[b], len(seq)
+        rows = max(1, max_cells // ((u + 1) * enc_proj.shape[-1]))
+        for start in range(0, n, rows):
+            lp = joiner.joint(enc_proj[b, start : min(n, start + rows)].unsqueeze(1),
+                              pred_proj[b, : u + 1].unsqueeze(0)).float().log_softmax(-1)  # (t, u+1, V)
+            blank[b, start : start + lp.shape[0], : u + 1] = lp[..., BLANK].double().cpu()
+            if u:
+                idx = tokens[b, :u].view(1, u, 1).expand(lp.shape[0], u, 1)
+                emit[b, start : start + lp.shape[0], :u] = lp[:, :u].gather(2, idx).squeeze(2).double().cpu()
+    out = []
+    for b, (seq, ali) in enumerate(zip(token_seqs, rnnt_viterbi(blank, emit[:, :, :U], torch.tensor(lens),
+                                                                 token_lengths))):
+        if ali is None:
+            out.append(TokenAlignment.spread(len(seq), lens[b]))
+            continue
+        frames, _ = ali
+        conf = emit[b, frames, torch.arange(len(seq))].exp().numpy() if len(seq) else frames.astype("float64")
+        out.append(TokenAlignment(frames, frames.copy(), conf))
+    return out
+
+
 class TransducerStreamDecoder:
     """Greedy transducer decoding carried across the chunks of a stream (the family's ``stream_decoder``).
 
     The state holds the emitted ``tokens``, the predictor state and its projected last output;
     at most ``max_symbols`` tokens are emitted per encoder frame, as offline greedy decoding does.
+    For word timestamps it also records, per token, the global encoder frame that emitted it
+    (``frames``) and the joint's probability of it there (``probs``); ``offset`` counts the
+    frames seen.
     """
 
     def __init__(self, model, max_symbols: int = 5):
@@ -358,19 +417,32 @@ class TransducerStreamDecoder:
     def init_state(self, device: torch.device) -> dict:
         pred = self.model.predictor
         out, pstate = pred.step(torch.full((1,), BLANK, dtype=torch.long, device=device), pred.init_state(1, device))
-        return {"tokens": [], "pred_proj": self.model.joiner.project_predictor(out), "pred_state": pstate}
+        return {"tokens": [], "pred_proj": self.model.joiner.project_predictor(out), "pred_state": pstate,
+                "frames": [], "probs": [], "offset": 0}
 
     def step(self, enc: torch.Tensor, state: dict) -> dict:
         """Encoder frames ``(1, t, D)`` of one stream -> its new state."""
         predictor, joiner = self.model.predictor, self.model.joiner
         enc_proj = joiner.project_encoder(enc[0])  # (t, J)
         pred_proj, pstate, tokens = state["pred_proj"], state["pred_state"], list(state["tokens"])
+        frames, probs, offset = list(state["frames"]), list(state["probs"]), state["offset"]
         for t in range(enc_proj.shape[0]):
             for _ in range(self.max_symbols):
-                best = joiner.joint(enc_proj[t : t + 1], pred_proj).argmax(-1)  # (1,)
+                logits = joiner.joint(enc_proj[t : t + 1], pred_proj)  # (1, V)
+                best = logits.argmax(-1)  # (1,)
                 if int(best) == BLANK:
                     break
                 tokens.append(int(best))
+                frames.append(offset + t)
+                probs.append(float(logits.float().softmax(-1)[0, best]))
                 out, pstate = predictor.step(best, pstate)
                 pred_proj = joiner.project_predictor(out)
-        return {"tokens": tokens, "pred_proj": pred_proj, "pred_state": pstate}
+        return {"tokens": tokens, "pred_proj": pred_proj, "pred_state": pstate, "frames": frames, "probs": probs,
+                "offset": offset + enc_proj.shape[0]}
+
+    def alignment(self, state: dict):
+        """The emitted tokens' frames and probabilities (:class:`~asr.decode.timestamps.TokenAlignment`)."""
+        from asr.decode.timestamps import TokenAlignment
+
+        frames = np.asarray(state["frames"], dtype=np.int64)
+        return TokenAlignment(frames, frames.copy(), np.asarray(state["probs"], dtype=np.float64))

@@ -59,7 +59,14 @@ class Family:
     * ``egl_adapter(model) -> asr.active.adapters.EGLAdapter``: how Expected Gradient Length
       splits the model into an audio-only trunk and a label-dependent head; ``None`` = no EGL.
     * ``stream_decoder(model)``: greedy decoding carried across the chunks of a stream (see
-      :mod:`asr.decode.streaming`); ``None`` = the family cannot stream.
+      :mod:`asr.decode.streaming`): an object with ``init_state(device)``, ``step(enc, state)``
+      and ``alignment(state)`` (the emitted tokens' frames and confidences, an
+      :class:`asr.decode.timestamps.TokenAlignment`); ``None`` = the family cannot stream.
+    * ``align(model, batch, token_seqs) -> list of asr.decode.timestamps.TokenAlignment``: where
+      the given token sequences (one per utterance of ``batch``, from any decoder) sit in the
+      encoder frames (first and last frame of each token) and the model's confidence in each
+      token; it gives word timestamps (:func:`asr.decode.transcribe_items` with
+      ``timestamps=True``). ``None`` = no timestamps.
     * ``onnx_parts(model) -> asr.export.OnnxParts``: what the family adds to the streaming ONNX
       export after the shared encoder (its head on the encoder frames, its decoder graphs and
       the name of the torch-free greedy decoder in :mod:`asr.runtime.recognizer`); ``None`` =
@@ -78,6 +85,7 @@ class Family:
     egl_adapter: Callable[[nn.Module], object] | None = None
     stream_decoder: Callable[[nn.Module], object] | None = None
     onnx_parts: Callable[[nn.Module], object] | None = None
+    align: Callable[[nn.Module, dict, list], list] | None = None
 
     @property
     def recognizer(self) -> bool:

@@ -135,6 +135,16 @@ def ctc_stream_decoder(model: CTCModel):
     return CTCStreamDecoder(model)
 
 
+@torch.no_grad()
+def ctc_align(model: CTCModel, batch: dict, token_seqs: list[list[int]]) -> list:
+    """Forced alignment of ``token_seqs`` to the model's CTC posteriors over ``batch``
+    (:func:`asr.decode.timestamps.ctc_token_alignment`): token spans and mean posteriors."""
+    from asr.decode.timestamps import ctc_token_alignment
+
+    log_probs, lengths = model(batch["wav"], batch["wav_lengths"])
+    return ctc_token_alignment(log_probs, lengths, token_seqs)
+
+
 def ctc_onnx_parts(model: CTCModel):
     """The streaming ONNX export's CTC part: the head gives log-probabilities, decoded greedily."""
     from asr.export import OnnxParts
@@ -144,4 +154,4 @@ def ctc_onnx_parts(model: CTCModel):
 
 FAMILY = register_family(Family(
     "ctc", build_ctc, ctc_loss, ctc_decode, model_type=CTCModel, decoders=("greedy", "beam"), nbest=ctc_nbest,
-    egl_adapter=ctc_egl_adapter, stream_decoder=ctc_stream_decoder, onnx_parts=ctc_onnx_parts))
+    egl_adapter=ctc_egl_adapter, stream_decoder=ctc_stream_decoder, onnx_parts=ctc_onnx_parts, align=ctc_align))

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from asr.config import ConfigError
 from asr.constants import BLANK, EOS
+from asr.errors import UsageError
 from asr.models import Family, LossOutput, register_family
 from asr.models.attention import build_decoder
 from asr.models.config import ModelConfig
@@ -249,6 +250,35 @@ def attention_nbest(model: AttentionModel, batch: dict, options, nbest: int | No
                                   length_penalty=options.length_penalty, nbest=nbest)
 
 
+@torch.no_grad()
+def attention_align(model: AttentionModel, batch: dict, token_seqs: list[list[int]]) -> list:
+    """Word timing of ``token_seqs`` from the joint CTC head's forced alignment
+    (:func:`asr.decode.timestamps.ctc_token_alignment`), each token's confidence from the decoder:
+    its teacher-forced probability given the tokens before it.
+
+    Raises:
+        UsageError: the model has no CTC head (it was trained with ``ctc_weight: 0``).
+    """
+    from asr.decode.timestamps import ctc_token_alignment
+
+    if model.ctc_head is None:
+        raise UsageError("timestamps need a CTC head: train with ctc_weight > 0 (this attention model has none)")
+    enc, lengths = model.encode(batch["wav"], batch["wav_lengths"])
+    alignments = ctc_token_alignment(model.ctc_head(enc), lengths, token_seqs)
+    if not token_seqs:
+        return alignments
+    token_lengths = torch.tensor([len(s) for s in token_seqs], device=enc.device)
+    tokens = torch.zeros(len(token_seqs), max(int(token_lengths.max()), 1), dtype=torch.long, device=enc.device)
+    for b, seq in enumerate(token_seqs):
+        tokens[b, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    ys_in, ys_out, _ = decoder_io(tokens, token_lengths)
+    log_probs = model.decoder(*_attendable(enc, lengths), ys_in).float().log_softmax(-1)  # (B, U + 1, V)
+    probs = log_probs.gather(2, ys_out.unsqueeze(2)).squeeze(2).exp().cpu().numpy()
+    for b, seq in enumerate(token_seqs):
+        alignments[b].confidence = probs[b, : len(seq)].astype("float64")
+    return alignments
+
+
 def _egl_head(model: AttentionModel, enc, enc_lengths, tokens, token_lengths) -> tuple[torch.Tensor, ...]:
     ys_in, _, _ = decoder_io(tokens, token_lengths)
     out = (model.decoder(*_attendable(enc, enc_lengths), ys_in).float(),)  # (R, U+1, V)
@@ -282,4 +312,4 @@ def attention_egl_adapter(model: AttentionModel):
 
 FAMILY = register_family(Family(
     "attention", build_attention, attention_loss, attention_decode, model_type=AttentionModel,
-    decoders=("greedy", "beam"), nbest=attention_nbest, egl_adapter=attention_egl_adapter))
+    decoders=("greedy", "beam"), nbest=attention_nbest, egl_adapter=attention_egl_adapter, align=attention_align))

@@ -372,6 +372,16 @@ def transducer_stream_decoder(model: TransducerModel):
     return TransducerStreamDecoder(model)
 
 
+@torch.no_grad()
+def transducer_align(model: TransducerModel, batch: dict, token_seqs: list[list[int]]) -> list:
+    """Viterbi alignment of ``token_seqs`` through the RNN-T lattice of ``batch``
+    (:func:`asr.decode.transducer.transducer_token_alignment`): emission frames and probabilities."""
+    from asr.decode.transducer import transducer_token_alignment
+
+    enc, lengths = model.encode(batch["wav"], batch["wav_lengths"])
+    return transducer_token_alignment(model, enc, lengths, token_seqs)
+
+
 class _PredictorStep(nn.Module):
     """One predictor step with its state explicit, and the joiner's projection of its output."""
 
@@ -413,4 +423,4 @@ def transducer_onnx_parts(model: TransducerModel, max_symbols: int = 5):
 FAMILY = register_family(Family(
     "transducer", build_transducer, transducer_loss, transducer_decode, model_type=TransducerModel,
     decoders=("greedy", "beam", "modified_beam"), nbest=transducer_nbest, egl_adapter=transducer_egl_adapter,
-    stream_decoder=transducer_stream_decoder, onnx_parts=transducer_onnx_parts))
+    stream_decoder=transducer_stream_decoder, onnx_parts=transducer_onnx_parts, align=transducer_align))
