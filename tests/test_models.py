@@ -126,3 +126,23 @@ def test_ctc_model_loss_and_backward():
     assert out.weight == 2 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_causal_conformer_batches_short_and_long_utterances():
+    """A short utterance batched with a long one gives its own output (no NaN from padding frames
+    whose chunked attention history holds only padding)."""
+    from asr.models.config import EncoderConfig
+    from asr.models.encoders import build_encoder
+
+    cfg = EncoderConfig(kind="conformer", dim=32, layers=3, heads=2, conv_channels=8, causal=True, chunk_size=4,
+                        left_chunks=2, conv_kernel=5, dropout=0.0)
+    torch.manual_seed(0)
+    enc = build_encoder(cfg, input_dim=20).eval()
+    feats = torch.randn(2, 400, 20)
+    lengths = torch.tensor([400, 60])
+    with torch.no_grad():
+        both, out_lengths = enc(feats, lengths)
+        alone, _ = enc(feats[1:, :60], lengths[1:])
+    n = int(out_lengths[1])
+    assert torch.isfinite(both).all()
+    assert torch.allclose(both[1, :n], alone[0, :n], atol=1e-5)

@@ -191,9 +191,15 @@ class ConformerEncoder(nn.Module):
         att_mask = None
         if self.config.causal:
             att_mask = chunk_attention_mask(T, self.config.chunk_size, self.config.left_chunks, x.device)
+        pad = ~mask.unsqueeze(-1)
         for block in self.blocks:
-            x = block(x, mask, att_mask)
-        return x * mask.unsqueeze(-1), lengths
+            # Zero the padding frames after every block. With a causal chunk mask, a padding frame more
+            # than the attention history past its utterance's end sees only padding keys: its row is
+            # fully masked and its output NaN. Left in place, that NaN reaches the valid frames through
+            # the next block's masked keys (weight 0 times value NaN is NaN), so a short utterance
+            # batched with long ones came out as NaN.
+            x = block(x, mask, att_mask).masked_fill(pad, 0.0)
+        return x, lengths
 
     @property
     def streamable(self) -> bool:
