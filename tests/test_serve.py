@@ -484,3 +484,19 @@ def test_kws_onnx_engine_events_equal_the_onnx_detector(shared_data, tmp_path):
                     done[i] = True
                     assert m["events"] == len(want[i])
     assert got == want and sum(map(len, want)) >= 4
+
+
+def test_a_port_that_cannot_be_listened_on_is_a_clean_error():
+    import socket
+
+    repo = Path(__file__).resolve().parents[1]
+    bad = subprocess.run([sys.executable, "-m", "kws", "serve", "--port", "99999"], cwd=repo, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--port 99999" in bad.stderr and "Traceback" not in bad.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run([sys.executable, "-m", "kws", "serve", "--port", str(port)], cwd=repo,
+                               capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2 and f"127.0.0.1:{port}" in taken.stderr and "Traceback" not in taken.stderr

@@ -395,6 +395,8 @@ def is_loopback(host: str) -> bool:
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8765, limits: ServerLimits | None = None,
                token: str | None = None, on_listening: Callable[[str], None] | None = None) -> dict:
     """Serve in the foreground until SIGINT or SIGTERM; returns the server's summary."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: a port is 0-65535 (0: any free port)")
     if not is_loopback(host) and not token:
         log.warning("serving on %s without --token: anyone who can reach this address can use the server", host)
     server = StreamServer(engine, limits, token)
@@ -406,8 +408,8 @@ def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8765, limits
             loop.add_signal_handler(sig, stop.set)
         try:
             return await server.serve(host, port, stop, on_listening)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        except (OSError, OverflowError) as e:
+            raise UsageError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None
 
     return asyncio.run(main())
 
