@@ -30,6 +30,7 @@ from asr.config import ConfigError
 from asr.models import Family, LossOutput, register_family
 from asr.models.config import CRNNConfig, ModelConfig
 from asr.models.frontend import Frontend
+from asr.models.rnn import run_rnn
 
 
 def crnn_config(config: ModelConfig) -> CRNNConfig:
@@ -98,7 +99,7 @@ class CRNN(nn.Module):
 
     def recurrent(self, frames: torch.Tensor) -> torch.Tensor:
         """Convolution frames ``(B, T', D)`` -> recurrent outputs ``(B, T', H * dirs)``."""
-        return self.rnn(self.dropout(frames))[0]
+        return run_rnn(self.rnn, self.dropout(frames))[0]
 
     def head(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Recurrent outputs + lengths -> logits ``(B, C)`` (from the last valid frame)."""

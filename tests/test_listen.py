@@ -65,7 +65,8 @@ def test_kws_listen_on_a_file_prints_the_events_of_kws_detect(commands, backend)
 def test_kws_listen_stops_cleanly_on_ctrl_c(commands):
     proc = subprocess.Popen([sys.executable, "-m", "kws", "listen", "--input", str(commands), "--speed", "1"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # start-up, then a few seconds of real-time audio
+    first = proc.stdout.readline()  # the first event: the command is past start-up and listening
+    assert first.count("\t") == 4, first
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -146,3 +146,20 @@ def test_causal_conformer_batches_short_and_long_utterances():
     n = int(out_lengths[1])
     assert torch.isfinite(both).all()
     assert torch.allclose(both[1, :n], alone[0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lstm_encoder_runs_under_cpu_autocast(dtype):
+    """CPU autocast sends nn.LSTM to oneDNN's reduced-precision LSTM, which AVX2-only CPUs lack (the
+    call raises there); the toolkit's recurrent layers run it in float32 instead, so training with
+    --amp works on any CPU and gives what float32 gives (the convolutions before it run in ``dtype``)."""
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(rnn_type="lstm", dim=16, layers=2, subsampling=4, bidirectional=False), input_dim=20).eval()
+    feats, lengths = torch.randn(2, 60, 20), torch.tensor([60, 41])
+    ref, ref_len = enc(feats, lengths)
+    with torch.autocast("cpu", dtype=dtype):
+        out, out_len = enc(feats, lengths)
+        chunks = [enc.infer(feats[:1, :30])[0]]
+    assert out.dtype == torch.float32 and torch.equal(out_len, ref_len)
+    assert torch.allclose(out, ref, atol=0.1) and chunks[0].shape[1] > 0
+    out.sum().backward()

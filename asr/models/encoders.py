@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from asr.config import ConfigError
 from asr.errors import UsageError
 from asr.models.config import EncoderConfig
+from asr.models.rnn import run_rnn
 from asr.models.subsampling import ConvSubsampling, length_mask
 
 
@@ -101,7 +102,7 @@ class RNNEncoder(nn.Module):
         x = self.dropout(self.norm(x))
         T = x.shape[1]
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        x, _ = self.rnn(packed)
+        x, _ = run_rnn(self.rnn, packed)
         x, _ = pad_packed_sequence(x, batch_first=True, total_length=T)
         if self.lookahead is not None:
             x = self.lookahead(x, lengths)
@@ -130,7 +131,7 @@ class RNNEncoder(nn.Module):
         x = self.dropout(self.norm(x))
         hidden = state["hidden"]
         if x.shape[1] > 0:
-            x, hidden = self.rnn(x, hidden)
+            x, hidden = run_rnn(self.rnn, x, hidden)
         pending = None
         if self.lookahead is not None:
             x, pending = self.lookahead.infer(x, state["pending"], final)

@@ -41,6 +41,7 @@ from asr.models import Family, LossOutput, register_family
 from asr.models.config import ModelConfig, TransducerConfig
 from asr.models.encoders import build_encoder
 from asr.models.frontend import Frontend
+from asr.models.rnn import run_rnn
 
 
 # A predictor state is a tuple of tensors whose FIRST dimension is the batch, so the
@@ -71,7 +72,7 @@ class Predictor(nn.Module):
         back, so padding never reaches a valid position and ``lengths`` is not needed.
         """
         x = F.pad(tokens, (1, 0), value=BLANK)
-        out, _ = self.lstm(self.embedding(x))
+        out, _ = run_rnn(self.lstm, self.embedding(x))
         return out
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
@@ -82,7 +83,7 @@ class Predictor(nn.Module):
     def step(self, token: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token ``(B,)`` and state -> output ``(B, D)`` and the new state."""
         h, c = (s.transpose(0, 1).contiguous() for s in state)
-        out, (h, c) = self.lstm(self.embedding(token).unsqueeze(1), (h, c))
+        out, (h, c) = run_rnn(self.lstm, self.embedding(token).unsqueeze(1), (h, c))
         return out.squeeze(1), (h.transpose(0, 1), c.transpose(0, 1))
 
 
