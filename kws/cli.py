@@ -91,6 +91,12 @@ def _add_detector_flags(p) -> None:
     p.add_argument("--trim-db", type=float, default=None,
                    help="an event spans the frames of its best window within this many dB of the loudest (default 15; "
                         "0 = the whole 1-s window)")
+    p.add_argument("--trim-floor-db", type=float, default=None,
+                   help="... and at least this many dB over the window's background, so that a noisy recording's "
+                        "background is not counted as the word (default 8; 0 = off)")
+    p.add_argument("--trim-gap", type=float, default=None,
+                   help="the event is the run of such frames around the loudest one, quieter gaps up to this many "
+                        "seconds bridged (the closure before a 'p'; default 0.1)")
     p.add_argument("--end-pad", type=float, default=None,
                    help="seconds of quiet noise read after the end of each file, so that a keyword in its last second "
                         "(a 1-s clip) is seen by several windows (default 0.5; not counted in the file's length)")
@@ -369,7 +375,8 @@ def _onnx_detector(args, batch_windows: int = 256):
 
 
 def _apply_flags(args, cfg) -> None:
-    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "end_pad", "isolation_db"):
+    for key in ("threshold", "hop", "smooth", "patience", "refractory", "trim_db", "trim_floor_db", "trim_gap", "end_pad",
+                "isolation_db"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
 

@@ -9,8 +9,10 @@
 4. posteriors smoothed by a causal moving average over ``smooth`` windows;
 5. per keyword, a run of windows whose smoothed posterior reaches ``threshold`` for at least
    ``patience`` windows becomes one event, reported when the run ends (or reaches
-   ``max_event`` seconds) with its best score and the span of its best window's frames
-   within ``trim_db`` of their loudest (the word rather than the whole window);
+   ``max_event`` seconds) with its best score and the span of the word in its best window:
+   the frames around the loudest within ``trim_db`` of it and ``trim_floor_db`` over the
+   window's background, gaps up to ``trim_gap`` seconds bridged (the word rather than the
+   whole window, and not the background of a noisy recording);
    after an event, nothing fires for ``refractory`` seconds;
 6. with ``isolation_db`` set, an event is kept only when the word stands alone: the loudest
    50 ms of the ``isolation_context`` seconds before and after it (beyond a gap of
@@ -194,7 +196,8 @@ def sweep_events(detector: "Detector", audio: ScoredAudio | np.ndarray, threshol
     for k, w, score in hits:
         if w not in audio.margins:
             start, end = word_bounds(audio.energy, 0, w, detector.window_start(w), detector._window_feature_frames,
-                                     detector.frame_seconds, detector.hop * detector.stride_frames, cfg.trim_db)
+                                     detector.frame_seconds, detector.hop * detector.stride_frames, cfg.trim_db,
+                                     cfg.trim_floor_db, cfg.trim_gap)
             audio.margins[w] = isolation_margin(audio.energy, 0, round(start, 3), round(end, 3), detector.frame_seconds,
                                                 cfg.isolation_gap, cfg.isolation_context)
         if audio.margins[w] >= cfg.isolation_db:

@@ -43,6 +43,8 @@ class DetectorConfig:
     refractory: float = 1.0  # seconds after an event during which nothing fires
     max_event: float = 2.0  # a run longer than this is reported and a new one may start
     trim_db: float = 15.0  # an event spans the frames of its best window within this many dB of the loudest (0 = whole window)
+    trim_floor_db: float = 8.0  # ... and at least this many dB over the window's background (0 = no such limit)
+    trim_gap: float = 0.1  # ... around its loudest frame, quieter gaps up to this many seconds bridged
     # seconds of quiet noise (-70 dBFS) read after the end of the stream, not counted as audio: without it a
     # keyword in the last second (a 1-s clip, say) is seen by a single window and cannot pass smooth/patience
     end_pad: float = 0.5
@@ -65,9 +67,26 @@ def end_padding(config: DetectorConfig, sample_rate: int) -> np.ndarray:
     return (np.random.default_rng(0).standard_normal(n) * 10 ** (-70 / 20)).astype(np.float32)
 
 
+def loud_span(db: np.ndarray, below_peak_db: float, above_floor_db: float, max_gap: int) -> tuple[int, int]:
+    """``(first, last + 1)`` frames of the run around the loudest frame of ``db`` (levels in dB) whose
+    frames are within ``below_peak_db`` of it and, with ``above_floor_db > 0``, at least that much over
+    the 10th-percentile frame (the background), bridging quieter gaps of up to ``max_gap`` frames."""
+    peak = int(np.argmax(db))
+    level = float(db[peak]) - below_peak_db
+    if above_floor_db > 0:
+        level = min(float(db[peak]), max(level, float(np.quantile(db, 0.1)) + above_floor_db))
+    loud = np.flatnonzero(db >= level)
+    runs = np.split(loud, np.flatnonzero(np.diff(loud) > max_gap + 1) + 1)
+    run = next(r for r in runs if r[0] <= peak <= r[-1])
+    return int(run[0]), int(run[-1]) + 1
+
+
 def word_bounds(energy, offset: int, w: int, window_start: float, window_frames: int,
-                frame_seconds: float, frames_per_window_step: int, trim_db: float) -> tuple[float, float]:
-    """Start and end (seconds) of window ``w``'s frames within ``trim_db`` of its loudest.
+                frame_seconds: float, frames_per_window_step: int, trim_db: float,
+                floor_db: float = 0.0, max_gap: float = math.inf) -> tuple[float, float]:
+    """Start and end (seconds) of the word in window ``w``: the frames around its loudest within
+    ``trim_db`` of it and ``floor_db`` over the window's background (:func:`loud_span`), quieter
+    gaps of up to ``max_gap`` seconds bridged.
 
     ``energy`` holds the log energy of feature frames ``offset, offset + 1, ...``.
     """
@@ -79,8 +98,9 @@ def word_bounds(energy, offset: int, w: int, window_start: float, window_frames:
     e = energy[max(0, first): max(0, first + window_frames)]
     if first < 0 or e.size == 0:  # (older than the energy buffer: keep the whole window)
         return start, end
-    loud = np.flatnonzero(e >= e.max() - trim_db / _LOG_TO_DB)
-    return start + float(loud[0]) * frame_seconds, start + float(loud[-1] + 1) * frame_seconds
+    gap = e.size if math.isinf(max_gap) else int(round(max_gap / frame_seconds))
+    a, b = loud_span(e * _LOG_TO_DB, trim_db, floor_db, gap)
+    return start + a * frame_seconds, start + b * frame_seconds
 
 
 def moving_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -233,9 +253,10 @@ class StreamEvents:
         return smoothed
 
     def _bounds(self, w: int) -> tuple[float, float]:
-        """Start and end of window ``w``, trimmed to its frames within ``trim_db`` of the loudest."""
+        """Start and end of the word in window ``w`` (:func:`word_bounds` with the config's trim settings)."""
         return word_bounds(self._energy, self._energy_offset, w, self.window_start(w), self._window_feature_frames,
-                           self.frame_seconds, self.hop * self.stride_frames, self.cfg.trim_db)
+                           self.frame_seconds, self.hop * self.stride_frames, self.cfg.trim_db,
+                           self.cfg.trim_floor_db, self.cfg.trim_gap)
 
     def _isolated(self, start: float, end: float) -> bool:  # (sweep_events computes the same)
         return isolation_margin(self._energy, self._energy_offset, start, end, self.frame_seconds,

@@ -22,17 +22,23 @@ import torch
 from asr.audio import read_audio
 from asr.errors import UsageError
 from asr.utils import atomic_open
+from kws.events import loud_span
 
 
-def speech_extent(wav: torch.Tensor, sample_rate: int, frame: float = 0.02, below_peak_db: float = 25.0) -> tuple[float, float]:
-    """``(start, end)`` seconds of the part of a clip within ``below_peak_db`` of its loudest frame."""
+def speech_extent(wav: torch.Tensor, sample_rate: int, frame: float = 0.02, below_peak_db: float = 25.0,
+                  above_floor_db: float = 8.0, max_gap: float = 0.1) -> tuple[float, float]:
+    """``(start, end)`` seconds of the word in a clip: the run of frames around the loudest one that are
+    within ``below_peak_db`` of it and at least ``above_floor_db`` over the clip's noise floor (its
+    10th-percentile frame), bridging quieter gaps of up to ``max_gap`` seconds (the closure before a
+    "p" or "t"). The floor matters for phone recordings whose background is only 15-20 dB under the
+    word: without it the whole clip counts as speech."""
     n = max(1, int(frame * sample_rate))
     frames = wav[: len(wav) // n * n].reshape(-1, n)
     if frames.numel() == 0:
         return 0.0, len(wav) / sample_rate
-    db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
-    loud = torch.nonzero(db >= db.max() - below_peak_db).flatten()
-    return float(loud[0]) * n / sample_rate, float(loud[-1] + 1) * n / sample_rate
+    db = (10 * torch.log10(frames.double().pow(2).mean(1) + 1e-12)).numpy()
+    first, end = loud_span(db, below_peak_db, above_floor_db, int(round(max_gap / frame)))
+    return first * n / sample_rate, end * n / sample_rate
 
 
 def _rms(x: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 the event logic against a brute-force reference, evaluation figures, the long-stream builder."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -237,6 +238,20 @@ def test_speech_extent_finds_the_loud_part():
     assert speech_extent(wav, 16000) == (0.2, 0.6)
 
 
+def test_speech_extent_in_a_noisy_recording():
+    """A phone recording: background 15 dB under the word and a click far from it. The word is the run
+    around the loudest frame, its 60-ms closure (before a "p") bridged; 25 dB under the peak alone
+    would call the whole clip speech."""
+    g = torch.Generator().manual_seed(0)
+    wav = 0.03 * torch.randn(16000, generator=g)  # noise floor about -30 dBFS
+    wav[4800:8000] += 0.2 * torch.randn(3200, generator=g)  # the vowel, 0.30-0.50 s
+    wav[8960:9920] += 0.1 * torch.randn(960, generator=g)  # the burst after a 60-ms closure, 0.56-0.62 s
+    wav[14400:14720] += 0.2 * torch.randn(320, generator=g)  # a click at 0.90 s
+    assert speech_extent(wav, 16000) == (0.3, 0.62)
+    start, end = speech_extent(wav, 16000, above_floor_db=0.0)  # the floor ignored: the whole clip
+    assert start <= 0.1 and end == 1.0
+
+
 def test_split_by_speaker_and_combine(tmp_path):
     items = [{"id": f"{s}/{i}", "audio": "x.wav", "speaker": s, "label": "yes"} for s in range(40) for i in range(3)]
     parts = split_by_speaker(items, {"train": 0.5, "dev": 0.1, "test": 0.4}, seed=3)
@@ -282,6 +297,25 @@ def test_event_bounds_trim_the_window_to_the_loud_part(one_thread):
     assert abs(start - 2.0) <= 0.03 and abs(end - 2.4) <= 0.03, (start, end)
     det.cfg.trim_db = 0
     assert det._bounds(w) == (det.window_start(w), det.window_start(w) + 1.0)
+
+
+def test_event_bounds_in_a_noisy_recording_are_the_word(one_thread):
+    """Background 12 dB under the word, a click 0.2 s after it: the event is the word (its 60-ms gap
+    bridged), not the window from the first frame within trim_db of the peak to the last."""
+    model = crnn()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(16000 * 5, generator=g) * 0.05
+    x[32000:35200] += 0.2 * torch.randn(3200, generator=g)  # 2.00 .. 2.20 s
+    x[36160:37760] += 0.2 * torch.randn(1600, generator=g)  # 2.26 .. 2.36 s
+    x[40960:41280] += 0.2 * torch.randn(320, generator=g)  # a click at 2.56 s
+    det = Detector(model, LABELS)
+    det.scores(x, final=True)
+    w = int(1.7 / (det.hop * det.conv_seconds))
+    start, end = det._bounds(w)
+    assert abs(start - 2.0) <= 0.03 and abs(end - 2.36) <= 0.03, (start, end)
+    det.cfg.trim_floor_db, det.cfg.trim_gap = 0.0, math.inf  # the rule before: most of the window
+    start, end = det._bounds(w)
+    assert end - start > 0.6, (start, end)
 
 
 def test_synthetic_rir_decays_by_60_db_in_rt60():
