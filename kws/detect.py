@@ -106,13 +106,23 @@ class Detector(StreamEvents):
         model, labels, config = load_detector(path, device)
         return cls(model, labels, keywords, config, **overrides)
 
-    @torch.no_grad()
     def scores(self, chunk, final: bool = False) -> tuple[int, np.ndarray]:
         """Feed samples; return ``(index of the first new window, smoothed keyword posteriors (N, K))``.
 
         Windows are held back until ``batch_windows`` are ready unless ``final`` is set; ``final``
         marks the end of the stream and first reads ``end_pad`` seconds of quiet noise (call it once).
+        :meth:`windows`, :meth:`classify` and :meth:`accept` in a row (a server classifies the
+        windows of many streams in one batch between the first and the last).
         """
+        first, windows = self.windows(chunk, final)
+        if windows is None:
+            return first, np.zeros((0, len(self.keywords)), dtype=np.float32)
+        return first, self.accept(self.classify(windows))
+
+    @torch.no_grad()
+    def windows(self, chunk, final: bool = False) -> tuple[int, torch.Tensor | None]:
+        """Feed samples -> ``(index of the first new window, convolution frames of the windows ready
+        now (N, W, D), or None while fewer than ``batch_windows`` are ready and not ``final``)``."""
         chunk = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)
         self.samples += chunk.numel()
         if final and self.cfg.end_pad > 0 and self.samples > 0:
@@ -135,17 +145,26 @@ class Detector(StreamEvents):
         last = (available - W) // h  # index of the last complete window
         ready = last - self._next_window + 1
         if ready <= 0 or (ready < self.batch_windows and not final):
-            return self._next_window, np.zeros((0, len(self.keywords)), dtype=np.float32)
+            return self._next_window, None
         starts = torch.arange(self._next_window, last + 1) * h - self._conv_offset
-        windows = self._conv[starts.unsqueeze(1) + torch.arange(W)]  # (N, W, D)
-        lengths = torch.full((windows.shape[0],), W)
-        probs = torch.softmax(model.classify(windows, lengths), dim=-1)[:, torch.from_numpy(self.keyword_index)]
+        windows = self._conv[starts.unsqueeze(1) + torch.arange(W)]  # (N, W, D), a copy
         first = self._next_window
         self._next_window = last + 1
         keep_from = self._next_window * h - self._conv_offset
         self._conv = self._conv[keep_from:]
         self._conv_offset += keep_from
-        return first, self._smooth(probs.numpy())
+        return first, windows
+
+    @torch.no_grad()
+    def classify(self, windows: torch.Tensor) -> torch.Tensor:
+        """Classifier outputs ``(N, C)`` for windows ``(N, W, D)`` (of this stream or many)."""
+        return self.model.classify(windows, torch.full((windows.shape[0],), windows.shape[1]))
+
+    def accept(self, logits: torch.Tensor) -> np.ndarray:
+        """The classifier's outputs ``(N, C)`` for the windows :meth:`windows` gave, in order ->
+        smoothed keyword posteriors ``(N, K)``."""
+        probs = torch.softmax(logits, dim=-1)[:, torch.from_numpy(self.keyword_index)]
+        return self._smooth(probs.numpy())
 
 
 @dataclass

@@ -4,10 +4,10 @@ protocol are :mod:`asr.serve.server` and :mod:`asr.serve.protocol`).
 Each stream has its own detector (features, convolution frames, smoothing, event logic and its
 own keywords and threshold), all sharing one model. Two backends:
 
-* ``torch`` (:class:`BatchDetector`): the expensive part, the recurrent layers and classifier
-  over each 1-s analysis window, runs once per tick for the windows of *all* streams together
-  (one ``model.classify`` call); the rest stays per stream. The events equal
-  :class:`kws.detect.Detector`'s.
+* ``torch`` (:class:`kws.detect.Detector`): the expensive part, the recurrent layers and
+  classifier over each 1-s analysis window, runs once per tick for the windows of *all* streams
+  together (``Detector.windows`` per stream, one ``Detector.classify`` call, ``Detector.accept``
+  per stream); the rest stays per stream. The events equal those of ``Detector.process``.
 * ``onnx`` (:class:`kws.onnx_detect.OnnxDetector`, no torch): the exported graph takes one
   stream's frames and cache, so each stream runs on its own.
 
@@ -36,93 +36,11 @@ import numpy as np
 from asr.errors import ToolkitError, UsageError
 from asr.serve.engines import Engine, Job, JobResult, check_options
 from asr.serve.protocol import INVALID_DATA, ProtocolError
-from kws.events import StreamEvents, end_padding
+from kws.events import StreamEvents
 
 log = logging.getLogger("kws.serve")
 
 __all__ = ["KwsEngine", "load_kws_engine"]
-
-
-def _batch_detector_class():
-    """:class:`BatchDetector`, defined on first use: it derives from the PyTorch detector, and the
-    ONNX backend must not import torch."""
-    global _BatchDetector
-    if _BatchDetector is None:
-        from kws.detect import Detector
-
-        class BatchDetector(Detector):
-            """A :class:`kws.detect.Detector` whose window classification can run outside it, batched
-            with other streams': :meth:`windows` does everything up to the classifier, :meth:`accept`
-            everything after it. ``scores`` (and so ``process``/``flush``) is the two in a row: the
-            same posteriors, hence the same events, as the parent class."""
-
-            def windows(self, chunk, final: bool = False):
-                """Feed samples -> ``(index of the first new window, windows (N, W, D) or None)``;
-                ``final`` ends the stream (the end padding first), as in :meth:`Detector.scores`."""
-                import torch
-
-                with torch.no_grad():
-                    chunk = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)
-                    self.samples += chunk.numel()
-                    if final and self.cfg.end_pad > 0 and self.samples > 0:
-                        chunk = torch.cat([chunk, torch.from_numpy(end_padding(self.cfg, self.sample_rate))])
-                    model = self.model
-                    frames, self._feat_state = model.frontend.features.infer(chunk.unsqueeze(0), self._feat_state)
-                    self._add_energy(torch.logsumexp(frames[0], dim=1).numpy())
-                    self._feats = torch.cat([self._feats, model.frontend.cmvn(frames[0].unsqueeze(0))[0]])
-                    kt, st = model.kernel_frames, model.stride_frames
-                    n_conv = (self._feats.shape[0] - kt) // st + 1 if self._feats.shape[0] >= kt else 0
-                    if n_conv > 0:
-                        used = self._feats[: (n_conv - 1) * st + kt]
-                        self._conv = torch.cat([self._conv, model.conv_frames(used.unsqueeze(0))[0]])
-                        self._feats = self._feats[n_conv * st:]
-                        self._feat_offset += n_conv * st
-                    W, h = self.window_frames, self.hop
-                    last = (self._conv_offset + self._conv.shape[0] - W) // h  # the last complete window
-                    ready = last - self._next_window + 1
-                    if ready <= 0 or (ready < self.batch_windows and not final):
-                        return self._next_window, None
-                    starts = torch.arange(self._next_window, last + 1) * h - self._conv_offset
-                    windows = self._conv[starts.unsqueeze(1) + torch.arange(W)]  # (N, W, D), a copy
-                    first = self._next_window
-                    self._next_window = last + 1
-                    keep_from = self._next_window * h - self._conv_offset
-                    self._conv = self._conv[keep_from:]
-                    self._conv_offset += keep_from
-                    return first, windows
-
-            def accept(self, logits) -> np.ndarray:
-                """The classifier's outputs ``(N, C)`` for the windows :meth:`windows` gave -> smoothed
-                keyword posteriors ``(N, K)``."""
-                import torch
-
-                probs = torch.softmax(logits, dim=-1)[:, torch.from_numpy(self.keyword_index)]
-                return self._smooth(probs.numpy())
-
-            def classify(self, windows):
-                """Window classifier outputs ``(N, C)`` for ``windows (N, W, D)``."""
-                import torch
-
-                with torch.no_grad():
-                    return self.model.classify(windows, torch.full((windows.shape[0],), windows.shape[1]))
-
-            def scores(self, chunk, final: bool = False) -> tuple[int, np.ndarray]:
-                first, windows = self.windows(chunk, final)
-                if windows is None:
-                    return first, np.zeros((0, len(self.keywords)), dtype=np.float32)
-                return first, self.accept(self.classify(windows))
-
-        _BatchDetector = BatchDetector
-    return _BatchDetector
-
-
-_BatchDetector = None
-
-
-def __getattr__(name: str):
-    if name == "BatchDetector":
-        return _batch_detector_class()
-    raise AttributeError(name)
 
 
 @dataclass(eq=False)
@@ -311,11 +229,11 @@ def load_kws_engine(model: str | os.PathLike | None = None, backend: str = "auto
             raise UsageError(f"{path}: the torch backend needs the PyTorch checkpoint (.pt), not its ONNX export")
         import torch
 
-        from kws.detect import load_detector
+        from kws.detect import Detector, load_detector
 
         torch.set_num_threads(max(1, threads))
         net, labels, cfg = load_detector(path, purpose="kws serve")
-        return KwsEngine(_batch_detector_class()(net, labels, keywords, cfg, batch_windows=1, **overrides), batch)
+        return KwsEngine(Detector(net, labels, keywords, cfg, batch_windows=1, **overrides), batch)
     except TypeError as e:
         raise UsageError(str(e)) from None
     except ToolkitError:
