@@ -198,14 +198,7 @@ def _add_listen(sub: argparse._SubParsersAction) -> None:
                                    "plays a file as if it were the microphone.")
     p.add_argument("--model", type=Path, required=True,
                    help="a streaming checkpoint (see recipes/synthetic/conf/ctc_streaming.yaml) or an `asr export` folder")
-    p.add_argument("--device", default=None,
-                   help="input device: its number or a part of its name (default: the system's default input; "
-                        "--list-devices shows them)")
-    p.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
-    p.add_argument("--input", type=Path, default=None,
-                   help="read this audio file as if it were the microphone (for trying a model)")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
+    add_source_args(p, "a model")
     p.add_argument("--chunk-ms", type=float, default=200.0,
                    help="the recognizer runs on chunks of this many milliseconds (default 200)")
     p.add_argument("--endpoint-silence", type=float, default=1.0,
@@ -589,6 +582,19 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 # --- asr serve / transcribe --server (the WebSocket server and its client: asr/serve/, asr/client.py) ---
+def add_source_args(p, trying: str) -> None:
+    """``--device``, ``--list-devices``, ``--input`` and ``--speed``: where ``asr listen`` and
+    ``kws listen`` take their audio from (see :func:`asr.serve.sources.open_source`)."""
+    p.add_argument("--device", default=None,
+                   help="input device: its number or a part of its name (default: the system's default input; "
+                        "--list-devices shows them)")
+    p.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
+    p.add_argument("--input", type=Path, default=None,
+                   help=f"read this audio file as if it were the microphone (for trying {trying})")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
+
+
 def add_serve_args(p: argparse.ArgumentParser, token_env: str) -> None:
     """The server flags of `asr serve` (and `kws serve`): address, token, limits."""
     from asr.serve.protocol import ServerLimits

@@ -255,6 +255,8 @@ def _add_curve(sub) -> None:
 
 
 def _add_listen(sub) -> None:
+    from asr.cli import add_source_args
+
     p = sub.add_parser("listen", help="keyword events from the microphone, as they happen",
                        description="Read the default input device (or --device) through PortAudio and print one "
                                    "line per detection as soon as the detector completes it, with start and end in "
@@ -264,14 +266,7 @@ def _add_listen(sub) -> None:
     _add_detector_flags(p)
     _add_backend_flags(p)
     _add_format_flag(p)
-    p.add_argument("--device", default=None,
-                   help="input device: its number or a part of its name (default: the system's default input; "
-                        "--list-devices shows them)")
-    p.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
-    p.add_argument("--input", type=Path, default=None,
-                   help="read this audio file as if it were the microphone (for trying a model or a setting)")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
+    add_source_args(p, "a model or a setting")
     p.add_argument("--block-ms", type=float, default=100.0,
                    help="milliseconds of audio read at a time (default 100)")
 
