@@ -581,7 +581,6 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- asr serve / transcribe --server (the WebSocket server and its client: asr/serve/, asr/client.py) ---
 def add_source_args(p, trying: str) -> None:
     """``--device``, ``--list-devices``, ``--input`` and ``--speed``: where ``asr listen`` and
     ``kws listen`` take their audio from (see :func:`asr.serve.sources.open_source`)."""
@@ -595,6 +594,7 @@ def add_source_args(p, trying: str) -> None:
                    help="with --input: 1 = real time (default), 2 = twice as fast, 0 = as fast as it can be read")
 
 
+# --- asr serve / transcribe --server (the WebSocket server and its client: asr/serve/, asr/client.py) ---
 def add_serve_args(p: argparse.ArgumentParser, token_env: str) -> None:
     """The server flags of `asr serve` (and `kws serve`): address, token, limits."""
     from asr.serve.protocol import ServerLimits

@@ -3,9 +3,9 @@
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (and float16) sends ``nn.LSTM`` to oneDNN's
 reduced-precision LSTM, which only exists on CPUs with AVX-512 BF16/AMX: on an AVX2 machine the
 call fails with "could not create a primitive descriptor for the LSTM forward propagation
-primitive". A model trained with ``--amp`` on one CPU must train on the next, so
-:func:`run_rnn` runs an LSTM in float32 whenever CPU autocast is on (GRUs and LSTM cells
-already do). On CUDA nothing changes: cuDNN's reduced-precision LSTM is used as usual.
+primitive". (The trainer's ``amp`` is CUDA-only; this is for code that runs the models under
+CPU autocast itself.) Such code must run on any CPU, so :func:`run_rnn` runs an LSTM in float32
+whenever CPU autocast is on (GRUs and LSTM cells already fall back to float32). On CUDA nothing changes: cuDNN's reduced-precision LSTM is used as usual.
 """
 
 from __future__ import annotations
