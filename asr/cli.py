@@ -247,7 +247,12 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
                    help="kcenter: among the best-scored candidates, greedy k-center on mean-pooled encoder outputs")
     p.add_argument("--candidates", type=float, default=3.0, help="kcenter candidate set, in budgets (default 3)")
     p.add_argument("--params", nargs="+", default=[], metavar="PREFIX",
-                   help="egl: only parameters whose name starts with a PREFIX (e.g. head.linear); default all")
+                   help="egl: only parameters whose name starts with a PREFIX (e.g. encoder.); 'output' = the "
+                        "family's output layer (closed form for CTC, about 5x faster); default all")
+    p.add_argument("--normalize", choices=("none", "duration", "auto"), default="none",
+                   help="duration: divide each score by the utterance's duration (a score per second, what an "
+                        "hour budget pays for); auto: duration when --budget is in hours; none (default: in the "
+                        "README's experiment per-second EGL did no better than plain EGL at equal hours)")
     p.add_argument("--shard-size", type=int, default=64, help="utterances per cached shard (default 64)")
     p.add_argument("--max-shards", type=int, default=0, help="stop after scoring this many shards (default 0 = all)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
@@ -530,7 +535,8 @@ def run_select(args: argparse.Namespace) -> int:
         pool=str(args.pool), budget=args.budget, out=str(args.out), strategy=args.strategy,
         model=str(args.model or ""), nbest=args.nbest, batch_size=args.batch_size, scores=str(args.scores or ""),
         work_dir=str(args.work_dir or ""), seed=args.seed, max_per_speaker=args.max_per_speaker,
-        diversity=args.diversity, candidates=args.candidates, params=list(args.params), shard_size=args.shard_size,
+        diversity=args.diversity, candidates=args.candidates, params=list(args.params), normalize=args.normalize,
+        shard_size=args.shard_size,
         max_shards=args.max_shards, device=args.device, progress=True,
     )
     summary = run_selection(opts)

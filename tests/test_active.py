@@ -22,7 +22,7 @@ from asr.active.select import SelectOptions, read_scores, run_selection
 from asr.active.selection import Budget, parse_budget, select
 from asr.active.strategies import (confidence_scores, decode_nbest, egl_scores, entropy_scores, make_scorer,
                                    nbest_posteriors, random_scores)
-from asr.audio import write_audio
+from asr.audio import read_audio, write_audio
 from asr.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from asr.config import to_dict
 from asr.data.manifest import read_manifest, write_manifest
@@ -430,10 +430,17 @@ def test_init_from_starts_from_the_given_weights(tmp_path, one_thread):
 def test_tiny_simulation_runs_and_resumes(tmp_path, one_thread):
     from asr.active.simulate import main
 
-    corpus = make_corpus(tmp_path, 16, seed=2)
+    corpus = make_corpus(tmp_path, 30, seed=2)
+    (tmp_path / "other").mkdir()
+    heldout = write_manifest(tmp_path / "other" / "voices.jsonl", [
+        dict(it, id=f"v{it['id']}") for it in read_manifest(make_corpus(tmp_path / "other", 8, seed=3))])
+    (tmp_path / "noise").mkdir()
+    write_audio(tmp_path / "noise" / "hiss.wav", 0.1 * np.random.default_rng(0).standard_normal(SR).astype("float32"), SR)
     out = tmp_path / "sim"
-    args = [f"corpus={corpus}", f"test={corpus}", "test_items=6", "seed_items=6", "pool_items=8", "rounds=1",
-            "budget=3", "strategies=[random,egl]", "seeds=[0]", "train.epochs=1", "finetune_epochs=1",
+    args = [f"corpus={corpus}", f"heldout=[{heldout}]", f"pool.noise_dir={tmp_path / 'noise'}",
+            "pool.mixture={seen: 2, noisy: 1, fast: 1, voices: 1}", "test_items=5", "seed_items=10",
+            "pool_items=10", "rounds=1", "budget=3", "strategies=[random,confidence,egl,egl-kcenter,egl-per-second]",
+            "seeds=[0]", "train.epochs=1", "finetune_epochs=1", "threads=1",
             f"out_dir={out}", "train.model.encoder.dim=16", "train.model.encoder.layers=1",
             "train.model.encoder.heads=2", "train.model.encoder.conv_channels=4", "train.model.features.n_mels=20",
             "train.data.num_workers=0", "train.data.batch_size=3"]
@@ -442,12 +449,85 @@ def test_tiny_simulation_runs_and_resumes(tmp_path, one_thread):
     first = time.monotonic() - t0
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
+    names = ["random", "confidence", "egl", "egl-kcenter", "egl-per-second"]
     assert [(r["strategy"], r["round"], r["labeled_utts"]) for r in rows] == [
-        ("random", "0", "6"), ("random", "1", "9"), ("egl", "0", "6"), ("egl", "1", "9")]
-    assert all(0 <= float(r["wer"]) and 0 <= float(r["cer"]) for r in rows)
-    assert (out / "wer.png").stat().st_size > 1000
-    assert len(read_manifest(out / "seed-0" / "egl" / "round-1" / "selected.jsonl")) == 3
+        (n, rnd, utts) for n in names for rnd, utts in (("0", "0"), ("1", "3"))]
+    assert all(0 <= float(r["wer"]) and 0 <= float(r["wer_noisy"]) for r in rows)
+    for name in ("wer.png", "egl_vs_confidence.png"):
+        assert (out / name).stat().st_size > 1000
+    # the pool and the test set follow the mixture; the seed set is clean seed voices only
+    pool = read_manifest(out / "seed-0" / "pool.jsonl")
+    assert [sum(it["condition"] == c for it in pool) for c in ("seen", "noisy", "fast", "voices")] == [4, 2, 2, 2]
+    assert {it["condition"] for it in read_manifest(out / "seed.jsonl")} == {"seen"}
+    assert not {it["id"].split("-")[0] for it in pool} & {it["id"] for it in read_manifest(out / "seed.jsonl")}
+    # egl, egl-kcenter and egl-per-second shared one scoring of the first-round pool
+    shared = list((out / "seed-0" / "round-1-scores").glob("egl-*/shard-*.pt"))
+    assert len(shared) == 1
+    egl = {r["id"]: r["score"] for r in read_scores(out / "seed-0" / "egl" / "round-1" / "selected.scores.tsv")}
+    per_sec = read_scores(out / "seed-0" / "egl-per-second" / "round-1" / "selected.scores.tsv")
+    dur = {it["id"]: it["duration"] for it in pool}
+    assert all(r["score"] == pytest.approx(egl[r["id"]] / dur[r["id"]], rel=1e-6) for r in per_sec)
+    # selections: shares per condition sum to one; correlation over the whole pool
+    with open(out / "selections.csv") as f:
+        picks = list(csv.DictReader(f))
+    assert len(picks) == 5 and all(
+        sum(float(p[f"share_{c}"]) for c in ("seen", "noisy", "fast", "voices")) == pytest.approx(1.0, abs=1e-3) for p in picks)
+    with open(out / "correlation.csv") as f:
+        corr = {r["egl_vs"]: r for r in csv.DictReader(f)}
+    assert set(corr) == {"confidence", "duration"} and corr["confidence"]["n"] == "10"
+    assert "WER vs random" in (out / "summary.md").read_text()
     stamp = (out / "seed-0" / "egl" / "round-1" / "result.json").stat().st_mtime_ns
     t0 = time.monotonic()
     assert main(args) == 0  # everything cached: resumes without training again
     assert time.monotonic() - t0 < first and (out / "seed-0" / "egl" / "round-1" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_shifted_conditions_are_what_they_say(tmp_path):
+    from asr.active.conditions import PoolSpec, Shifter
+    from asr.augment import snr
+
+    corpus = read_manifest(make_corpus(tmp_path, 2, seed=4))
+    (tmp_path / "noise").mkdir()
+    noise = 0.1 * np.random.default_rng(1).standard_normal(3 * SR).astype("float32")
+    write_audio(tmp_path / "noise" / "n.wav", noise, SR)
+    spec = PoolSpec(noise_dir=str(tmp_path / "noise"), snr_db=[3.0, 7.0], fast=[1.4, 1.4], slow=[0.7, 0.7])
+    shifter = Shifter(spec, tmp_path / "out")
+    src = corpus[0]
+    clean, _ = read_audio(src["audio"], SR)
+    noisy = shifter.item(src, "noisy")
+    wav, _ = read_audio(noisy["audio"], SR)
+    assert noisy["id"] == f"{src['id']}-noisy" and 3.0 <= noisy["snr_db"] <= 7.0
+    assert float(snr(clean, wav - clean)) == pytest.approx(noisy["snr_db"], abs=0.3)  # 16-bit rounding
+    assert shifter.item(src, "noisy") == noisy  # a function of the id: the same file and numbers again
+    for cond, factor in (("fast", 1.4), ("slow", 0.7)):
+        item = shifter.item(src, cond)
+        assert item["duration"] == pytest.approx(src["duration"] / factor, abs=2e-3)
+        assert read_audio(item["audio"], SR)[0].numel() == round(item["duration"] * SR)
+    assert shifter.item(src, "voices") == dict(src, condition="voices")
+
+
+def test_spearman_against_brute_force():
+    from asr.active.simulate import spearman
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 12).tolist(), rng.normal(size=12).tolist()  # ties in x
+
+    def avg_ranks(v):
+        return [sum(u < w for u in v) + (sum(u == w for u in v) - 1) / 2 for w in v]
+
+    rx, ry = np.array(avg_ranks(x)), np.array(avg_ranks(y))
+    assert spearman(x, y) == pytest.approx(float(np.corrcoef(rx, ry)[0, 1]), abs=1e-12)
+
+
+def test_output_layer_params_and_per_second_scores(pool_dir, tmp_path, one_thread):
+    base = dict(pool=str(pool_dir / "corpus.jsonl"), model=str(pool_dir / "model.pt"), strategy="egl", progress=False)
+    run_selection(SelectOptions(**base, budget="4", out=str(tmp_path / "a.jsonl"), params=["head.linear"]))
+    run_selection(SelectOptions(**base, budget="4", out=str(tmp_path / "b.jsonl"), params=["output"]))
+    a, b = read_scores(tmp_path / "a.scores.tsv"), read_scores(tmp_path / "b.scores.tsv")
+    assert [r["score"] for r in a] == [r["score"] for r in b]  # "output" is the CTC output layer
+    run_selection(SelectOptions(**base, budget="0.001h", out=str(tmp_path / "c.jsonl"), params=["output"],
+                                normalize="auto", work_dir=str(tmp_path / "b.work")))
+    c = read_scores(tmp_path / "c.scores.tsv")  # hours budget: auto = per second, from the same cached shards
+    assert [r["score"] for r in c] == pytest.approx([r["score"] / r["duration"] for r in b], rel=1e-3)
+    picked = [r for r in c if r["selected"]]
+    assert picked and sum(r["duration"] for r in picked) <= 3.6

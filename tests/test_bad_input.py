@@ -2,13 +2,18 @@
 that names the file (and line), exit status 2 (1 where the other files were still processed), no
 traceback, and no output file left behind or half-written.
 
-The commands take a while to start (torch), so every case runs once, three at a time, in a
-module fixture; each test then checks one case's result.
+The commands take a while to start (importing torch is most of it), so every case runs once in a
+module fixture and each test then checks one case's result. A few cases run as a fresh
+``python -m asr|kws`` each; the others run in children forked from one interpreter that has
+already imported the toolkit: each child is a real process that runs ``python -m``'s module with
+the case's argv, its own stdout/stderr files and its own exit status (what differs from a fresh
+interpreter is only the import time).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -211,13 +216,75 @@ def _run(case: Case, cwd: Path) -> Case:
     return case
 
 
+# Runs each case of argv[1] (JSON: [[prog, args...], ...]) in a child forked from this interpreter,
+# which imported the toolkit once; the child runs `python -m prog` (runpy) with stdout/stderr in
+# argv[2]/<i>.out|.err; the exit statuses go to argv[3] (JSON). Two children at a time.
+_FORK_RUNNER = r"""
+import json, os, runpy, sys, traceback
+import asr.cli, kws.cli  # noqa: F401  the slow imports, once
+cases, folder, result = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+
+def child(i, argv):
+    for fd, suffix in ((1, "out"), (2, "err")):
+        os.dup2(os.open(f"{folder}/{i}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = list(argv)
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+status, running, todo = {}, {}, list(enumerate(cases))
+while todo or running:
+    while todo and len(running) < 2:
+        i, argv = todo.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            child(i, argv)
+        running[pid] = i
+    pid, st = os.wait()
+    status[running.pop(pid)] = os.waitstatus_to_exitcode(st)
+json.dump([status[i] for i in range(len(cases))], open(result, "w"))
+"""
+
+FRESH = 4  # cases run as a fresh `python -m` each (one of every few), the rest forked
+
+
+def _run_forked(todo: list[Case], cwd: Path) -> None:
+    work = cwd / "_forked"
+    work.mkdir()
+    (work / "cases.json").write_text(json.dumps([c.args for c in todo]))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # no thread pool in the parent before it forks
+    subprocess.run([sys.executable, "-c", _FORK_RUNNER, str(work / "cases.json"), str(work), str(work / "status.json")],
+                   cwd=cwd, env=env, timeout=900, check=True)
+    status = json.loads((work / "status.json").read_text())
+    for i, (case, code) in enumerate(zip(todo, status)):
+        case.result = subprocess.CompletedProcess(case.args, code, (work / f"{i}.out").read_text(),
+                                                  (work / f"{i}.err").read_text())
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, Case]:
     d = tmp_path_factory.mktemp("bad")
     todo = _build_cases(d)
-    with ThreadPoolExecutor(3) as pool:
-        done = list(pool.map(lambda c: _run(c, d), todo))
-    return {c.name: c for c in done} | {"_folder": d}
+    step = max(1, len(todo) // FRESH)
+    fresh, forked = todo[::step], [c for i, c in enumerate(todo) if i % step]
+    with ThreadPoolExecutor(1) as pool:
+        futures = [pool.submit(_run, c, d) for c in fresh]  # beside the forked ones
+        _run_forked(forked, d)
+        done = [f.result() for f in futures]
+    return {c.name: c for c in done + forked} | {"_folder": d}
 
 
 def _names() -> list[str]:

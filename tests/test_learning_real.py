@@ -59,4 +59,4 @@ def test_family_overfits_real_librispeech(family, four_utterances, tmp_path):
     refs = [normalize_text(it["text"]) for it in items]
     cer = error_rates(refs, hyps)["cer"]
     print(f"{family}: CER {cer:.4f} on the 4 utterances it trained on")
-    assert cer <= 0.05, json  # measured here: 0.000 for each family.dumps(list(zip(refs, hyps)), indent=1)
+    assert cer <= 0.05, json.dumps(list(zip(refs, hyps)), indent=1)  # measured here: 0.000 for each family

@@ -8,7 +8,13 @@ ids is not scored again, so a job killed at any point and started again with the
 only scores what is missing; the run tag is a hash of everything the scores depend on (model
 file content, strategy, N-best size, seed, EGL parameters), so changing any of them starts
 afresh in another folder. Shards do not depend on the number of processes, so a job may be
-resumed with a different one.
+resumed with a different one, nor on the selection options (budget, ``normalize``, diversity,
+speaker cap): jobs that differ only in those share a work folder's scores. With a model, a shard
+also keeps each utterance's mean-pooled encoder output (what k-center needs).
+
+``normalize="duration"`` divides each score by the utterance's duration before selecting: a
+score per second of audio, what a transcription budget in hours pays for (``auto`` does so when
+the budget is in hours).
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set; gloo on CPU, nccl on GPU) or inside an
 initialised ``torch.distributed`` group every rank scores its shards; after a barrier rank 0
@@ -61,7 +67,8 @@ class SelectOptions:
     max_per_speaker: int = 0  # at most this many utterances per speaker (0 = no cap)
     diversity: str = "none"  # none | kcenter (on mean-pooled encoder outputs)
     candidates: float = 3.0  # kcenter: candidate set = this many budgets of the best-scored utterances
-    params: list[str] = field(default_factory=list)  # EGL: parameter-name prefixes (empty = all parameters)
+    params: list[str] = field(default_factory=list)  # EGL: parameter-name prefixes ("output" = the output layer; empty = all)
+    normalize: str = "none"  # none | duration (score per second of audio) | auto (duration when the budget is in hours)
     shard_size: int = 64  # utterances per cached shard
     max_shards: int = 0  # stop after scoring this many shards in this process (0 = all); run again to go on
     device: str = "auto"  # auto | cpu | cuda
@@ -88,7 +95,7 @@ def _run_tag(opts: SelectOptions, needs_model: bool) -> str:
     key = {"strategy": opts.strategy, "model": _file_digest(Path(opts.model)) if needs_model else "",
            "nbest": opts.nbest, "seed": opts.seed if opts.strategy == "random" else 0,
            "params": sorted(opts.params) if opts.strategy == "egl" else [],
-           "embeddings": opts.diversity == "kcenter", "shard_size": opts.shard_size}
+           "embeddings": needs_model, "shard_size": opts.shard_size}
     return f"{opts.strategy}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
@@ -97,6 +104,8 @@ def _check(opts: SelectOptions) -> None:
         raise UsageError(f"unknown strategy {opts.strategy!r} (one of {', '.join(STRATEGIES)})")
     if opts.diversity not in ("none", "kcenter"):
         raise UsageError(f"diversity must be none or kcenter, got {opts.diversity!r}")
+    if opts.normalize not in ("none", "duration", "auto"):
+        raise UsageError(f"normalize must be none, duration or auto, got {opts.normalize!r}")
     for name in ("batch_size", "shard_size", "nbest"):
         if getattr(opts, name) < 1:
             raise UsageError(f"{name} must be >= 1, got {getattr(opts, name)}")
@@ -122,7 +131,7 @@ def _score_shard(items: list[dict], scorer, model, opts: SelectOptions, sample_r
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for uid, s in zip(batch["ids"], scorer(batch)):
             scores[uid] = float(s)
-        if opts.diversity == "kcenter":
+        if model is not None:
             for uid, e in zip(batch["ids"], _embeddings(model, batch)):
                 embs[uid] = e
         bar.update(len(batch["ids"]))
@@ -208,6 +217,9 @@ def _run(opts, budget, pool, scores_path, work, needs_model, ctx) -> dict:
         log.info("%d of %d shards still to score: run the same command again to go on", missing, len(shards))
         return summary
     items = [dict(it, score=s) for shard, sh in zip(shards, loaded) for it, s in zip(shard, sh["scores"])]
+    if opts.normalize == "duration" or (opts.normalize == "auto" and budget.unit == "hours"):
+        for it in items:  # per second of audio (an utterance without a duration keeps its score)
+            it["score"] = it["score"] / max(float(it.get("duration", 0.0)), 1e-3) if it.get("duration") else it["score"]
     emb = torch.cat([sh["embeddings"] for sh in loaded]) if opts.diversity == "kcenter" else None
     chosen = select(items, budget, opts.max_per_speaker, opts.diversity, emb, opts.candidates)
     _write_outputs(pool, items, chosen, Path(opts.out), scores_path)

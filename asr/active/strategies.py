@@ -120,7 +120,8 @@ def make_scorer(strategy: str, model: nn.Module | None = None, family: Family | 
 
     ``family``: the model's family (object or name; default: the family that built ``model``).
 
-    ``params``: parameter-name prefixes EGL differentiates (default: all trainable parameters).
+    ``params``: parameter-name prefixes EGL differentiates (default: all trainable parameters);
+    ``"output"`` stands for the family's output layer (``head.linear`` for CTC: a closed form).
     The model is put in eval mode (no dropout, no SpecAugment).
     """
     if strategy not in STRATEGIES:
@@ -141,6 +142,10 @@ def make_scorer(strategy: str, model: nn.Module | None = None, family: Family | 
     from asr.active.gradients import sq_grad_norms
 
     adapter = adapter_for(model, family)
+    if params and "output" in params:  # the family's output layer, whatever its name
+        if not adapter.output_layer:
+            raise UsageError(f"model family {family.name!r} names no output layer for EGL's 'output'")
+        params = [adapter.output_layer if p == "output" else p for p in params]
     names = select_parameters(model, params)
 
     def egl(batch: dict) -> list[float]:
