@@ -78,7 +78,7 @@ class SimConfig:
     pool_items: int = 480  # utterances of the unlabeled pool (drawn per seed)
     seed_model: str = ""  # a trained checkpoint to start from ("" = train one on the seed set with `train`)
     rounds: int = 3  # select -> label -> fine-tune -> evaluate rounds per strategy
-    budget: str | float = "0.04h"  # selected per round: utterances (40) or hours ("0.03h")
+    budget: str | float = "0.04h"  # selected per round: utterances ("55") or hours ("0.04h")
     strategies: list[str] = field(default_factory=lambda: list(PRESETS))  # compared strategies (names of PRESETS)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one pool, random draw and fine-tuning seed per seed
     nbest: int = 4  # N-best size for entropy and EGL
@@ -223,15 +223,11 @@ def simulate(cfg: SimConfig) -> list[dict]:
     write_csv(picks, out / "selections.csv")
     if corr:
         write_csv(corr, out / "correlation.csv")
-        plot_scores(sdir_of(out, cfg.seeds[0]), cfg.strategies, out / "egl_vs_confidence.png")
+        plot_scores(out / f"seed-{cfg.seeds[0]}", cfg.strategies, out / "egl_vs_confidence.png")
     plot(rows, out / "wer.png")
     with atomic_open(out / "summary.md", "w") as f:
         f.write(summary_markdown(rows, picks, corr))
     return rows
-
-
-def sdir_of(out: Path, seed: int) -> Path:
-    return out / f"seed-{seed}"
 
 
 def _row(strategy: str, seed: int, rnd: int, chosen: list[dict], result: dict) -> dict:
