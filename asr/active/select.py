@@ -219,7 +219,8 @@ def _run(opts, budget, pool, scores_path, work, needs_model, ctx) -> dict:
     items = [dict(it, score=s) for shard, sh in zip(shards, loaded) for it, s in zip(shard, sh["scores"])]
     if opts.normalize == "duration" or (opts.normalize == "auto" and budget.unit == "hours"):
         for it in items:  # per second of audio (an utterance without a duration keeps its score)
-            it["score"] = it["score"] / max(float(it.get("duration", 0.0)), 1e-3) if it.get("duration") else it["score"]
+            if it.get("duration"):
+                it["score"] /= max(float(it["duration"]), 1e-3)
     emb = torch.cat([sh["embeddings"] for sh in loaded]) if opts.diversity == "kcenter" else None
     chosen = select(items, budget, opts.max_per_speaker, opts.diversity, emb, opts.candidates)
     _write_outputs(pool, items, chosen, Path(opts.out), scores_path)
