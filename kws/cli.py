@@ -146,7 +146,11 @@ def _add_evaluate(sub) -> None:
                                    "With --stream and --truth: the share of keywords found within --tolerance seconds (at the "
                                    "threshold of 0.5 false alarms per hour when --negative is given and --threshold "
                                    "is not).")
-    p.add_argument("--manifest", type=Path, required=True, help="clips with a 'label' field")
+    p.add_argument("--manifest", type=Path, default=None, help="clips with a 'label' field")
+    p.add_argument("--recordings", type=Path, nargs="+", default=[], metavar="IN",
+                   help="recordings that each hold one word or phrase: folders named after it (e.g. wakewords/alexa), "
+                        "audio files (their folder's name) or manifests with a label; prints the share of recordings "
+                        "of each keyword it detects and the share of other recordings it fires on (false accepts)")
     _add_detector_flags(p)
     p.add_argument("--negative", type=Path, nargs="*", default=[], help="long recordings without any keyword")
     p.add_argument("--speech", type=Path, nargs="*", default=[],
@@ -242,6 +246,65 @@ def _add_mine(sub) -> None:
     p.epilog = "--threshold defaults to 0.3 here: mining wants the near misses too."
 
 
+def _add_train_keyword(sub) -> None:
+    from kws.custom import KeywordRecipe
+
+    d = KeywordRecipe(phrases=[], out="")
+    p = sub.add_parser("train-keyword", help="a spotter for your own phrases, trained from text on this machine",
+                       description="Train a keyword spotter for one or more phrases from their text alone: synthesize "
+                                   "the phrases with every espeak-ng/flite talker of the toolkit, and negatives (near "
+                                   "misses derived from the phrase's phonemes, other words, sentences, noise); train "
+                                   "the CRNN from the shipped spotter's layers; mine the windows it still fires on in "
+                                   "the negative speech and train again; calibrate the threshold to --target-fa-h on "
+                                   "held-out negative speech. The model works with kws detect/listen/evaluate --model. "
+                                   "Work files go to --work-dir (reused by a second run: delete it to start over).",
+                       epilog="example: kws train-keyword computer --out computer.pt "
+                              "--negative meetings/*.wav data/read_speech.jsonl")
+    p.add_argument("phrases", nargs="+", metavar="PHRASE", help="the phrase(s) to spot, e.g. \"hey computer\" "
+                   "(one class each; letters and spaces, digits spelled out; about a second of speech at most)")
+    p.add_argument("--out", type=Path, required=True, help="the model to write (.pt; a report goes to OUT.json)")
+    p.add_argument("--negative", nargs="+", default=[], metavar="IN",
+                   help="your speech without the phrases (audio files or .jsonl manifests; items whose transcript "
+                        "holds a word of a phrase are skipped): 80%% of the recordings train, 20%% calibrate")
+    p.add_argument("--positive", nargs="+", default=[], metavar="IN",
+                   help="real recordings of a phrase, one saying each: folders named after the phrase, audio files "
+                        "or manifests with a label (a few help the model to real voices)")
+    p.add_argument("--noise", nargs="+", default=[], metavar="IN",
+                   help="noise recordings (audio files or manifests) the training adds to clips at 0-20 dB, besides "
+                        "the synthetic noise it makes: real rooms help the model to real recordings")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="wall-clock cap of the training rounds (default: none, run the epochs)")
+    p.add_argument("--target-fa-h", type=float, default=d.target_fa_h,
+                   help=f"false alarms per hour on the held-out negative speech at the stored threshold (default {d.target_fa_h:g})")
+    p.add_argument("--min-threshold", type=float, default=d.min_threshold,
+                   help=f"never store a threshold below this (default {d.min_threshold:g})")
+    p.add_argument("--positives", type=int, default=d.positives_per_phrase, dest="positives_per_phrase",
+                   help=f"synthesized clips per phrase (default {d.positives_per_phrase})")
+    p.add_argument("--confusable-clips", type=int, default=d.confusable_clips,
+                   help=f"synthesized clips per near miss (default {d.confusable_clips})")
+    p.add_argument("--words", type=int, default=d.words, help=f"clips of other words (default {d.words})")
+    p.add_argument("--sentences", type=int, default=d.sentences, help=f"synthesized sentences (default {d.sentences})")
+    p.add_argument("--silence", type=int, default=d.silence, help=f"noise clips (default {d.silence})")
+    p.add_argument("--max-negative-windows", type=int, default=d.max_negative_windows,
+                   help=f"one-second training windows drawn from --negative (default {d.max_negative_windows})")
+    p.add_argument("--positive-repeat", type=int, default=d.positive_repeat,
+                   help=f"copies of each --positive recording in training (default {d.positive_repeat})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs of round 1 (default {d.epochs})")
+    p.add_argument("--mine-epochs", type=int, default=d.mine_epochs,
+                   help=f"epochs after mining (default {d.mine_epochs}; 0 = no second round)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"peak learning rate of the first round (default {d.lr:g}; the second uses half)")
+    p.add_argument("--mine-threshold", type=float, default=d.mine_threshold,
+                   help=f"threshold at which windows count as mined (default {d.mine_threshold:g})")
+    p.add_argument("--init", default=d.init,
+                   help="a crnn checkpoint whose layers start training; 'default' = the shipped spotter, '' = from scratch")
+    p.add_argument("--work-dir", type=Path, default=None, help="work files (default: OUT without .pt + .work)")
+    p.add_argument("--seed", type=int, default=d.seed, help="talkers, draws and training seed (default 0)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default 2)")
+    p.add_argument("--workers", type=int, default=d.workers, help="synthesis and data-loading processes (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+
+
 def _add_curve(sub) -> None:
     p = sub.add_parser("curve", help="accuracy against the number of real training speakers",
                        description="For each run, MANIFEST is the real clips it was trained on (an empty file for none) "
@@ -316,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_detect, _add_listen, _add_train, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
+    for add in (_add_detect, _add_listen, _add_train, _add_train_keyword, _add_evaluate, _add_prepare, _add_split, _add_combine, _add_make_stream, _add_curve,
                 _add_export, _add_cut, _add_mine, _add_serve):
         add(sub)
     return parser
@@ -427,12 +490,31 @@ def run_detect(args) -> int:
 
 def run_evaluate(args) -> int:
     from asr.data.manifest import read_manifest
-    from kws.evaluate import evaluate_detector
+    from kws.evaluate import evaluate_detector, recordings_report
+    from kws.speech import labelled_recordings, speech_false_alarms, speech_items
 
+    if args.manifest is None and not args.recordings:
+        raise UsageError("give --manifest (labelled clips) and/or --recordings")
+    if args.manifest is None and (args.negative or args.stream):
+        raise UsageError("--negative and --stream measure against the clips of --manifest: give it too")
     detector = _detector(args, purpose="kws evaluate")
-    from kws.speech import speech_items
-
     speech = speech_items(args.speech) if args.speech else ()
+    recordings = labelled_recordings(args.recordings) if args.recordings else ()
+    out: dict = {}
+    if recordings:
+        rec = recordings_report(detector, recordings)
+        print(rec.format())
+        out["recordings"] = rec.to_json()
+    if args.manifest is None:
+        if speech:
+            sp = speech_false_alarms(detector, speech)
+            print(f"running speech ({sp['utterances']} utterances, {60 * sp['hours']:.1f} min): {sp['false_alarms']} false "
+                  f"alarms at threshold {detector.cfg.threshold:.3f} = {sp['fa_per_hour']:.1f} per hour")
+            out["speech"] = sp
+        if args.json:
+            with atomic_open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
     report = evaluate_detector(detector, read_manifest(args.manifest, check_audio=True), args.negative, args.stream, args.truth,
                                args.tolerance, args.batch_size, use_det_threshold=args.threshold is None, speech=speech)
     print(report.format())
@@ -443,7 +525,7 @@ def run_evaluate(args) -> int:
             print(f"DET curve: {plot}")
     if args.json:
         with atomic_open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=1)
+            json.dump({**report.to_json(), **out}, f, indent=1)
     return 0
 
 
@@ -614,6 +696,22 @@ def run_cut(args) -> int:
     return 0
 
 
+def run_train_keyword(args) -> int:
+    from kws.custom import KeywordRecipe, train_keyword
+
+    fields = {k: getattr(args, k) for k in ("minutes", "target_fa_h", "min_threshold", "positives_per_phrase",
+                                            "confusable_clips", "words", "sentences", "silence", "max_negative_windows",
+                                            "positive_repeat", "epochs", "mine_epochs", "lr", "mine_threshold", "init", "seed",
+                                            "threads", "workers")}
+    report = train_keyword(KeywordRecipe(phrases=args.phrases, out=str(args.out), negatives=[str(p) for p in args.negative],
+                                         positives=[str(p) for p in args.positive], progress=not args.quiet,
+                                         noise=[str(p) for p in args.noise],
+                                         work_dir=str(args.work_dir or ""), **fields))
+    print(f"{report['model']}\t{', '.join(report['phrases'])}\tthreshold {report['threshold']:.4f}\t"
+          f"{report['seconds'] / 60:.1f} min")
+    return 0
+
+
 def run_mine(args) -> int:
     from asr.data.manifest import write_manifest
     from kws.speech import mine_hard_negatives, speech_items
@@ -634,7 +732,7 @@ def run_mine(args) -> int:
 
 COMMANDS = {"detect": run_detect, "listen": run_listen, "train": run_train, "evaluate": run_evaluate, "prepare": run_prepare,
             "split": run_split, "combine": run_combine, "make-stream": run_make_stream, "curve": run_curve,
-            "export": run_export, "cut": run_cut, "mine": run_mine,
+            "export": run_export, "cut": run_cut, "mine": run_mine, "train-keyword": run_train_keyword,
             "serve": run_serve}
 
 

@@ -315,5 +315,60 @@ def evaluate_detector(detector: Detector, items: Sequence[dict], negatives: Sequ
     return result
 
 
-__all__ = ["classify_items", "accuracy_report", "AccuracyReport", "EvaluationReport", "evaluate_detector", "read_truth", "stream_scores", "count_events", "DETCurve",
+@dataclass
+class RecordingsReport:
+    """How often the detector fires on recordings that each hold one spoken word or phrase.
+
+    For a recording of one of the model's keywords, a hit is an event of that keyword (recall);
+    for a recording of anything else, any event is a false accept. ``curve`` gives both for a
+    grid of thresholds (same events as streaming, from posteriors computed once).
+    """
+
+    keywords: list[str]
+    threshold: float
+    counts: dict  # label -> recordings
+    hits: dict  # label -> recordings with a hit (its keyword) or a false accept (other labels)
+    curve: dict  # threshold -> {label: hits}
+
+    def rate(self, label: str, threshold: float | None = None) -> float:
+        hits = self.hits if threshold is None else self.curve[threshold]
+        return hits[label] / self.counts[label]
+
+    def format(self) -> str:
+        lines = [f"recordings at threshold {self.threshold:.4f}:"]
+        for label in sorted(self.counts, key=lambda x: (x not in self.keywords, x)):
+            what = "detected" if label in self.keywords else "false accepts (any keyword)"
+            lines.append(f"  {label:<16} {self.counts[label]:>5} recordings  {what}: {self.hits[label]} "
+                         f"({100 * self.rate(label):.1f}%)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "counts": self.counts, "hits": self.hits,
+                "rates": {k: self.rate(k) for k in self.counts},
+                "curve": [{"threshold": t, **{k: v / self.counts[k] for k, v in h.items()}} for t, h in self.curve.items()]}
+
+
+def recordings_report(detector: Detector, items: Sequence[dict], progress: bool = True) -> RecordingsReport:
+    """:class:`RecordingsReport` of ``detector`` on ``items`` (manifest items with a ``label``)."""
+    from kws.detect import score_blocks, sweep_events
+    from kws.speech import item_blocks
+
+    keywords = list(detector.keywords)
+    grid = sorted({round(float(t), 4) for t in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)}
+                  | {round(float(detector.cfg.threshold), 6)})
+    counts: dict[str, int] = {}
+    curve: dict[float, dict[str, int]] = {t: {} for t in grid}
+    for it in tqdm(items, desc="recordings", unit="file", disable=not progress):
+        label = str(it["label"])
+        counts[label] = counts.get(label, 0) + 1
+        scored = score_blocks(detector, item_blocks(it, detector.sample_rate))
+        for t in grid:
+            fired = {keywords[k] for k, _, _ in sweep_events(detector, scored, t)}
+            hit = label in fired if label in keywords else bool(fired)
+            curve[t][label] = curve[t].get(label, 0) + int(hit)
+    own = round(float(detector.cfg.threshold), 6)
+    return RecordingsReport(keywords, detector.cfg.threshold, counts, dict(curve[own]), curve)
+
+
+__all__ = ["RecordingsReport", "recordings_report", "classify_items", "accuracy_report", "AccuracyReport", "EvaluationReport", "evaluate_detector", "read_truth", "stream_scores", "count_events", "DETCurve",
            "det_curve", "localization", "DetectorConfig"]

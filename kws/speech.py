@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from asr.audio import audio_info, iter_audio_blocks, read_audio
 from asr.constants import UNKNOWN
-from asr.errors import UsageError
+from asr.errors import MissingFileError, UsageError
 from kws.detect import Detector, ScoredAudio, score_blocks, sweep_events
 
 
@@ -59,13 +59,44 @@ def speech_items(inputs: Sequence[str | os.PathLike]) -> list[dict]:
     return items
 
 
-def _words(text: str) -> set[str]:
-    return {w for w in re.split(r"[^a-z']+", text.lower()) if w}
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def labelled_recordings(inputs: Sequence[str | os.PathLike]) -> list[dict]:
+    """Items ``{"id", "audio", "label"}`` of recordings that each hold one word or phrase: a folder
+    (its audio files, labelled with the folder's name, ``_`` read as a space), an audio file (its
+    folder's name) or a manifest (its items' ``label``, else ``text``)."""
+    from asr.data.manifest import read_manifest
+
+    items: list[dict] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise UsageError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            label = " ".join(path.name.replace("_", " ").lower().split())
+            items += [{"id": f"{path.name}/{p.relative_to(path).as_posix()}", "audio": str(p), "label": label}
+                      for p in files]
+        elif path.suffix == ".jsonl":
+            for it in read_manifest(path, check_audio=True):
+                label = it.get("label") or it.get("text")
+                if not label:
+                    raise UsageError(f"{path}: item {it['id']} has neither a label nor a text")
+                items.append(dict(it, label=" ".join(str(label).lower().split())))
+        elif path.is_file():
+            items.append({"id": f"{path.parent.name}/{path.name}", "audio": str(path),
+                          "label": " ".join(path.parent.name.replace("_", " ").lower().split())})
+        else:
+            raise MissingFileError(f"{path}: no such file or folder")
+    return items
+
 
 
 def transcript_keywords(item: dict, keywords: Sequence[str]) -> set[str]:
-    """The keywords that are words of the item's transcript (none when it has no ``text``)."""
-    return _words(item.get("text", "")) & set(keywords)
+    """The keywords (a word, or a phrase of several) spoken in the item's transcript (none without ``text``)."""
+    text = " " + " ".join(re.split(r"[^a-z']+", item.get("text", "").lower())) + " "
+    return {k for k in keywords if f" {' '.join(k.lower().split())} " in text}
 
 
 def item_seconds(item: dict) -> float:
@@ -99,7 +130,7 @@ def cut_windows(items: Sequence[dict], window: float = 1.0, hop: float = 0.5, la
     return out
 
 
-def _item_blocks(item: dict, sample_rate: int, block_seconds: float = 30.0):
+def item_blocks(item: dict, sample_rate: int, block_seconds: float = 30.0):
     if "offset" in item:  # a segment of a longer file
         wav, _ = read_audio(item["audio"], sample_rate, float(item["offset"]), item.get("duration"))
         yield wav
@@ -109,7 +140,7 @@ def _item_blocks(item: dict, sample_rate: int, block_seconds: float = 30.0):
 
 def item_scores(detector: Detector, item: dict) -> ScoredAudio:
     """One item's audio scored once (see :func:`kws.detect.score_blocks`)."""
-    return score_blocks(detector, _item_blocks(item, detector.sample_rate))
+    return score_blocks(detector, item_blocks(item, detector.sample_rate))
 
 
 @dataclass
@@ -219,5 +250,5 @@ def calibrate_threshold(detector: Detector, items: Sequence[dict], target_fa_per
                      f"({len(sc.events(grid[-1]))} in {60 * sc.hours:.1f} min at the highest)")
 
 
-__all__ = ["calibrate_threshold", "speech_items", "transcript_keywords", "cut_windows", "item_scores", "SpeechScores", "score_speech",
+__all__ = ["calibrate_threshold", "speech_items", "labelled_recordings", "item_blocks", "transcript_keywords", "cut_windows", "item_scores", "SpeechScores", "score_speech",
            "speech_false_alarms", "mine_hard_negatives"]

@@ -206,6 +206,22 @@ def _build_cases(d: Path) -> list[Case]:
             cases.append(Case(f"{cmd} train config-{tag}", [cmd, "train", "--config", str(cfg),
                                                              f"out_dir={d / ('run-c-' + cmd + tag)}"], [str(cfg)],
                               outputs=[f"run-c-{cmd}{tag}/last.pt"]))
+
+    # custom keywords: a phrase that cannot be spoken as written, a missing recording, a wrong output type
+    (d / "no-audio").mkdir()
+    cases += [
+        Case("kws train-keyword bad-phrase", ["kws", "train-keyword", "hey 2", "--out", str(d / "tk.pt")], ["'hey 2'"],
+             outputs=["tk.pt", "tk.work"]),
+        Case("kws train-keyword missing-positive", ["kws", "train-keyword", "computer", "--out", str(d / "tk2.pt"),
+                                                    "--positive", str(d / "nothere")], [str(d / "nothere")],
+             outputs=["tk2.pt", "tk2.work"]),
+        Case("kws train-keyword onnx-out", ["kws", "train-keyword", "computer", "--out", str(d / "tk3.onnx")],
+             [str(d / "tk3.onnx")], outputs=["tk3.onnx", "tk3.work"]),
+        Case("kws evaluate recordings-missing", ["kws", "evaluate", "--model", str(d / "crnn.pt"), "--recordings",
+                                                 str(d / "norec")], [str(d / "norec")]),
+        Case("kws evaluate recordings-no-audio", ["kws", "evaluate", "--model", str(d / "crnn.pt"), "--recordings",
+                                                  str(d / "no-audio")], [str(d / "no-audio")]),
+    ]
     return cases
 
 

@@ -69,6 +69,8 @@ __all__ = [
     "synthesize",
     "make_noise",
     "prepare_synthetic",
+    "SynthesisJob",
+    "run_jobs",
     "ESPEAK_VOICES",
     "FLITE_VOICES",
     "NOISE_KINDS",
@@ -81,7 +83,7 @@ _VERSION = 1  # bump when the generated audio changes for the same settings
 # the plan: one job per output file
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Job:
+class SynthesisJob:
     """One audio file to make. ``kind``: ``clip``, ``utt`` or ``noise``."""
 
     kind: str
@@ -99,7 +101,7 @@ class _Job:
 class _Plan:
     """Everything a run writes, derived from the settings alone."""
 
-    jobs: list[_Job] = field(default_factory=list)
+    jobs: list[SynthesisJob] = field(default_factory=list)
     validation: list[str] = field(default_factory=list)
     testing: list[str] = field(default_factory=list)
     transcripts: dict[Path, list[str]] = field(default_factory=dict)
@@ -115,7 +117,7 @@ def _plan_keywords(plan: _Plan, root: Path, speakers: Sequence[Speaker], words: 
         for word in words:
             for r in range(repeats):
                 rel = f"{word}/{spk.id}_nohash_{r}.wav"
-                plan.jobs.append(_Job("clip", root / rel, word, spk, _job_seed(seed, rel), sr))
+                plan.jobs.append(SynthesisJob("clip", root / rel, word, spk, _job_seed(seed, rel), sr))
                 if spk.split == "dev":
                     plan.validation.append(rel)
                 elif spk.split == "test":
@@ -128,7 +130,7 @@ def _plan_noise(plan: _Plan, root: Path, n_files: int, seconds: float, speakers:
     for name in noise_names(n_files):
         rel = f"_background_noise_/{name}.wav"
         kind = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
-        plan.jobs.append(_Job("noise", root / rel, kind, None, _job_seed(seed, rel), sr, seconds,
+        plan.jobs.append(SynthesisJob("noise", root / rel, kind, None, _job_seed(seed, rel), sr, seconds,
                               talkers if kind == "babble" else ()))
 
 
@@ -155,7 +157,7 @@ def _plan_sentences(plan: _Plan, root: Path, speakers: Sequence[Speaker], n_sent
                 for u, text in enumerate(spk_texts[c: c + per_chapter]):
                     uid = f"{spk.num}-{chapter}-{u:04d}"
                     rel = f"{split}/{spk.num}/{chapter}/{uid}.flac"
-                    plan.jobs.append(_Job("utt", root / rel, text, spk, _job_seed(seed, rel), sr))
+                    plan.jobs.append(SynthesisJob("utt", root / rel, text, spk, _job_seed(seed, rel), sr))
                     lines.append(f"{uid} {normalize_transcript(text)}")
                 plan.transcripts[folder / f"{spk.num}-{chapter}.trans.txt"] = lines
 
@@ -163,7 +165,7 @@ def _plan_sentences(plan: _Plan, root: Path, speakers: Sequence[Speaker], n_sent
 # ---------------------------------------------------------------------------
 # running the jobs
 # ---------------------------------------------------------------------------
-def _existing_seconds(job: _Job) -> float | None:
+def _existing_seconds(job: SynthesisJob) -> float | None:
     """The duration of a complete, valid existing output, else ``None``."""
     try:
         info = audio_info(job.path)
@@ -181,7 +183,7 @@ def _existing_seconds(job: _Job) -> float | None:
     return info.duration if frames == info.frames else None
 
 
-def _run_job(job: _Job) -> tuple[str, float, bool]:
+def _run_job(job: SynthesisJob) -> tuple[str, float, bool]:
     """Make one file (or keep a valid one); returns ``(kind, seconds of audio, was_skipped)``."""
     if job.resume:
         seconds = _existing_seconds(job)
@@ -198,7 +200,7 @@ def _run_job(job: _Job) -> tuple[str, float, bool]:
     return job.kind, len(wav) / job.sample_rate, False
 
 
-def _run_all(jobs: list[_Job], n_workers: int, progress: bool) -> list[tuple[str, float, bool]]:
+def run_jobs(jobs: list[SynthesisJob], n_workers: int, progress: bool) -> list[tuple[str, float, bool]]:
     """Run ``jobs`` on ``n_workers`` processes with a progress bar; longest jobs first."""
     from tqdm.auto import tqdm
 
@@ -349,7 +351,7 @@ def prepare_synthetic(
     keep = {j.path for j in plan.jobs} | set(plan.transcripts)
     _remove_stale([sc_dir, ls_dir], keep)
 
-    results = _run_all(plan.jobs, jobs or os.cpu_count() or 1, progress)
+    results = run_jobs(plan.jobs, jobs or os.cpu_count() or 1, progress)
     for path, lines in plan.transcripts.items():
         _write_lines(path, lines)
     _write_lines(sc_dir / "validation_list.txt", sorted(plan.validation))
