@@ -145,7 +145,8 @@ def _add_evaluate(sub) -> None:
                                    "thresholds; prints the FRR at 0.5 false alarms per hour and saves a DET plot. "
                                    "With --stream and --truth: the share of keywords found within --tolerance seconds (at the "
                                    "threshold of 0.5 false alarms per hour when --negative is given and --threshold "
-                                   "is not).")
+                                   "is not). With --recordings (no --manifest needed): recall and false accepts on "
+                                   "recordings of one word or phrase each, e.g. of a kws train-keyword model.")
     p.add_argument("--manifest", type=Path, default=None, help="clips with a 'label' field")
     p.add_argument("--recordings", type=Path, nargs="+", default=[], metavar="IN",
                    help="recordings that each hold one word or phrase: folders named after it (e.g. wakewords/alexa), "
