@@ -234,8 +234,9 @@ def _window_around_speech(item: dict, sr: int, window: float = 1.0) -> dict:
     return dict(item, offset=round(offset, 4), duration=round(min(window, seconds), 4))
 
 
-def _init_checkpoint(recipe: KeywordRecipe, labels: list[str], train_items: list[dict], path: Path) -> dict:
-    """The new model's starting weights: the init spotter's layers and a fresh output layer."""
+def _init_checkpoint(recipe: KeywordRecipe, labels: list[str], train_items: list[dict], path: Path):
+    """Write the new model's starting weights (the init spotter's layers and an output layer for
+    ``labels``) to ``path``; returns its training config."""
     import torch
 
     from asr.checkpoint import (
@@ -275,7 +276,7 @@ def _init_checkpoint(recipe: KeywordRecipe, labels: list[str], train_items: list
     config.data.labels = list(labels)
     save_checkpoint({"format": FORMAT, "family": "crnn", "config": to_dict(config), "model": model.state_dict(),
                      "tokenizer": None, "labels": list(labels)}, path)
-    return {"config": config, "kept": len(kept)}
+    return config
 
 
 def _write(path: Path, items: list[dict]) -> Path:
@@ -322,6 +323,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     from kws.speech import (
         calibrate_threshold,
         cut_windows,
+        item_seconds,
         mine_hard_negatives,
         speech_items,
         transcript_keywords,
@@ -375,7 +377,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     split_items["train"] = [split_items["train"][i] for i in order]
     train_manifest = _write(work / "train.jsonl", split_items["train"])
     dev_manifest = _write(work / "dev.jsonl", split_items["dev"])
-    noise += [dict(it, id=f"noise-{i}", duration=_seconds(it))
+    noise += [dict(it, id=f"noise-{i}", duration=item_seconds(it))
               for i, it in enumerate(speech_items(recipe.noise))] if recipe.noise else []
     noise_manifest = _write(work / "noise.jsonl", noise)
     _write(work / "calibration.jsonl", calibration)
@@ -389,8 +391,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     stages.start("train", f"{recipe.epochs} epochs from {'the shipped spotter' if recipe.init == 'default' else recipe.init or 'scratch'}")
     init = work / "init.pt"
     if recipe.init:
-        made = _init_checkpoint(recipe, labels, split_items["train"], init)
-        base = made["config"]
+        base = _init_checkpoint(recipe, labels, split_items["train"], init)
     else:
         from asr.checkpoint import config_from_checkpoint, load_checkpoint
         from kws.detect import DEFAULT_MODEL
@@ -409,9 +410,9 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     mine_on = neg_train + [it for it in sentence_items if it["split"] == "train"]
     mined = mine_hard_negatives(Detector(model, model_labels, config=cfg), mine_on, recipe.mine_threshold,
                                 progress=recipe.progress)
-    mined_manifest = _write(work / "mined.jsonl", [dict(it, id=f"{it['id']}#{r}") for it in mined for r in range(4)])
-    train2 = _write(work / "train_mined.jsonl", split_items["train"] + [dict(it, id=f"{it['id']}#{r}")
-                                                                         for it in mined for r in range(4)])
+    mined4 = [dict(it, id=f"{it['id']}#{r}") for it in mined for r in range(4)]
+    mined_manifest = _write(work / "mined.jsonl", mined4)
+    train2 = _write(work / "train_mined.jsonl", split_items["train"] + mined4)
     report["mined_windows"] = len(mined)
     stages.done(f"{len(mined)} windows fired ({mined_manifest})")
 
@@ -430,7 +431,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     export_checkpoint(final, out, {"detector": {"threshold": float(threshold)}}, transform=without_letter_head)
     report.update(threshold=threshold, calibration_fa_per_hour=round(fa, 2),
                   calibration="held-out negative recordings" if calibration else "synthetic dev sentences",
-                  calibration_minutes=round(sum(_seconds(it) for it in cal) / 60, 1), stage_seconds=stages.times,
+                  calibration_minutes=round(sum(item_seconds(it) for it in cal) / 60, 1), stage_seconds=stages.times,
                   seconds=round(time.monotonic() - stages.t0, 1), model=str(out))
     stages.done(f"threshold {threshold:.4f} ({fa:.1f} false alarms per hour on {report['calibration_minutes']} min of "
                 f"{report['calibration']}) -> {out}")
@@ -438,8 +439,3 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
         json.dump(report, f, indent=1)
     return report
 
-
-def _seconds(item: dict) -> float:
-    from kws.speech import item_seconds
-
-    return item_seconds(item)
