@@ -491,7 +491,7 @@ def run_detect(args) -> int:
 
 def run_evaluate(args) -> int:
     from asr.data.manifest import read_manifest
-    from kws.evaluate import evaluate_detector, recordings_report
+    from kws.evaluate import evaluate_detector, format_speech_false_alarms, recordings_report
     from kws.speech import labelled_recordings, speech_false_alarms, speech_items
 
     if args.manifest is None and not args.recordings:
@@ -508,10 +508,8 @@ def run_evaluate(args) -> int:
         out["recordings"] = rec.to_json()
     if args.manifest is None:
         if speech:
-            sp = speech_false_alarms(detector, speech)
-            print(f"running speech ({sp['utterances']} utterances, {60 * sp['hours']:.1f} min): {sp['false_alarms']} false "
-                  f"alarms at threshold {detector.cfg.threshold:.3f} = {sp['fa_per_hour']:.1f} per hour")
-            out["speech"] = sp
+            out["speech"] = speech_false_alarms(detector, speech)
+            print(format_speech_false_alarms(out["speech"]))
         if args.json:
             with atomic_open(args.json, "w") as f:
                 json.dump(out, f, indent=1)

@@ -89,8 +89,8 @@ def _check_phrases(phrases: Sequence[str]) -> list[str]:
         norm = " ".join(p.lower().split())
         if not norm or not re.fullmatch(r"[a-z' ]+", norm):
             raise UsageError(f"phrase {p!r}: use letters, apostrophes and spaces (spell digits out)")
-        if norm in (SILENCE, UNKNOWN) or norm in out:
-            raise UsageError(f"phrase {p!r} is given twice or is a reserved name")
+        if norm in out:
+            raise UsageError(f"phrase {p!r} is given twice")
         out.append(norm)
     if not out:
         raise UsageError("give at least one phrase")

@@ -183,6 +183,13 @@ def localization(events: Sequence[Event], truth: Sequence[dict], tolerance: floa
             "false_alarms": used.count(False)}
 
 
+def format_speech_false_alarms(sp: dict) -> str:
+    """One line for :func:`kws.speech.speech_false_alarms`'s summary: count, rate and keywords."""
+    per = ", ".join(f"{k} {n}" for k, n in sorted(sp["per_keyword"].items(), key=lambda kv: -kv[1]) if n)
+    return (f"running speech ({sp['utterances']} utterances, {60 * sp['hours']:.1f} min): {sp['false_alarms']} "
+            f"false alarms at threshold {sp['threshold']:.3f} = {sp['fa_per_hour']:.1f} per hour" + (f" ({per})" if per else ""))
+
+
 @dataclass
 class EvaluationReport:
     """Everything ``kws evaluate`` measures, built by :func:`evaluate_detector`.
@@ -210,11 +217,7 @@ class EvaluationReport:
             lines += ["", f"false rejection rate at 0.5 false alarms per hour: {100 * frr:.2f}% (threshold {thr:.3f}; "
                           f"{self.det.hours:.2f} h keyword-free audio)"]
         if self.speech is not None:
-            sp = self.speech
-            per = ", ".join(f"{k} {n}" for k, n in sorted(sp["per_keyword"].items(), key=lambda kv: -kv[1]) if n)
-            lines += ["", f"running speech ({sp['utterances']} utterances, {60 * sp['hours']:.1f} min): {sp['false_alarms']} "
-                          f"false alarms at threshold {sp['threshold']:.3f} = {sp['fa_per_hour']:.1f} per hour"
-                          + (f" ({per})" if per else "")]
+            lines += ["", format_speech_false_alarms(self.speech)]
             for target in (0.5, 2.0):
                 frr, thr = self.speech_det.frr_at(target)
                 lines.append(f"false rejection rate at {target:g} false alarms per hour of running speech: {100 * frr:.2f}% "
@@ -327,8 +330,12 @@ class RecordingsReport:
     keywords: list[str]
     threshold: float
     counts: dict  # label -> recordings
-    hits: dict  # label -> recordings with a hit (its keyword) or a false accept (other labels)
-    curve: dict  # threshold -> {label: hits}
+    curve: dict  # threshold -> {label: recordings with a hit (its keyword) or a false accept (other labels)}
+
+    @property
+    def hits(self) -> dict:
+        """The curve at the detector's own threshold."""
+        return self.curve[round(float(self.threshold), 6)]
 
     def rate(self, label: str, threshold: float | None = None) -> float:
         hits = self.hits if threshold is None else self.curve[threshold]
@@ -366,9 +373,8 @@ def recordings_report(detector: Detector, items: Sequence[dict], progress: bool 
             fired = {keywords[k] for k, _, _ in sweep_events(detector, scored, t)}
             hit = label in fired if label in keywords else bool(fired)
             curve[t][label] = curve[t].get(label, 0) + int(hit)
-    own = round(float(detector.cfg.threshold), 6)
-    return RecordingsReport(keywords, detector.cfg.threshold, counts, dict(curve[own]), curve)
+    return RecordingsReport(keywords, detector.cfg.threshold, counts, curve)
 
 
-__all__ = ["RecordingsReport", "recordings_report", "classify_items", "accuracy_report", "AccuracyReport", "EvaluationReport", "evaluate_detector", "read_truth", "stream_scores", "count_events", "DETCurve",
+__all__ = ["RecordingsReport", "recordings_report", "format_speech_false_alarms", "classify_items", "accuracy_report", "AccuracyReport", "EvaluationReport", "evaluate_detector", "read_truth", "stream_scores", "count_events", "DETCurve",
            "det_curve", "localization", "DetectorConfig"]
