@@ -62,8 +62,9 @@ class TrainingError(ToolkitError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses); the message says why."""
 
 
-def train(config: TrainConfig, family: Family | str | None = None) -> dict:
+def train(config: TrainConfig, family: Family | str | None = None, progress: bool = True) -> dict:
     """Train (or resume training of) a model as ``config`` says; returns a summary dict.
+    ``progress=False`` hides the per-epoch progress bar (the log lines stay).
 
     The summary holds ``step``, ``epoch``, ``start_step`` (the step resumed from), ``stopped``
     (``epochs`` | ``max_steps`` | ``max_minutes`` | ``early_stop``), ``dev_loss``, ``dev_error``,
@@ -76,7 +77,7 @@ def train(config: TrainConfig, family: Family | str | None = None) -> dict:
         family = get_family(family or config.model.family)
     ctx = setup_distributed(config.device)
     try:
-        trainer = Trainer(config, family, ctx)
+        trainer = Trainer(config, family, ctx, progress=progress)
         return trainer.run()
     finally:
         cleanup_distributed(ctx)
@@ -85,9 +86,9 @@ def train(config: TrainConfig, family: Family | str | None = None) -> dict:
 class Trainer:
     """State of one training run; :meth:`run` is the loop. Built by :func:`train`."""
 
-    def __init__(self, config: TrainConfig, family: Family, ctx: DistContext):
+    def __init__(self, config: TrainConfig, family: Family, ctx: DistContext, progress: bool = True):
         _check_config(config)
-        self.config, self.family, self.ctx = config, family, ctx
+        self.config, self.family, self.ctx, self.progress = config, family, ctx, progress
         self.out_dir = Path(config.out_dir)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
@@ -253,7 +254,7 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=self.batches_done, desc=f"epoch {epoch + 1}", unit="batch",
-                    disable=not self.ctx.is_main, dynamic_ncols=True, leave=False)
+                    disable=not (self.ctx.is_main and self.progress), dynamic_ncols=True, leave=False)
 
     def _train_step(self, group: list[dict]) -> tuple[bool, bool]:
         """Forward/backward over the micro-batches of one update, then the update.

@@ -298,7 +298,9 @@ def _add_train_keyword(sub) -> None:
     p.add_argument("--mine-threshold", type=float, default=d.mine_threshold,
                    help=f"threshold at which windows count as mined (default {d.mine_threshold:g})")
     p.add_argument("--init", default=d.init,
-                   help="a crnn checkpoint whose layers start training; 'default' = the shipped spotter, '' = from scratch")
+                   help="a crnn checkpoint whose layers start training; 'default' = the shipped spotter, '' = from "
+                        "scratch (the shipped spotter heard real 'alexa' and 'computer' recordings as other speech: "
+                        "for those words start from a spotter that did not)")
     p.add_argument("--work-dir", type=Path, default=None, help="work files (default: OUT without .pt + .work)")
     p.add_argument("--seed", type=int, default=d.seed, help="talkers, draws and training seed (default 0)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default 2)")

@@ -60,6 +60,15 @@ def test_confusables_of_a_phrase_include_its_words_alone():
     assert changed and all(c.text.count("[[") == 2 for c in changed)  # the change inside the whole phrase
 
 
+def test_init_warning_names_the_words_the_shipped_spotter_was_taught_to_reject():
+    from kws.custom import init_warning
+
+    assert "'computer'" in init_warning(["hey computer"], "default")
+    assert "'alexa'" in init_warning(["Alexa"], "default")
+    assert init_warning(["hey computer"], "exp/other.pt") is None  # another spotter to start from
+    assert init_warning(["computers please"], "default") is None  # whole words only
+
+
 def test_transcript_keywords_matches_phrases_as_word_sequences():
     item = {"text": "SAY HEY COMPUTER NOW, computers are fine"}
     assert transcript_keywords(item, ["hey computer", "computer", "yes"]) == {"hey computer", "computer"}

@@ -271,6 +271,15 @@ def test_ctc_family_with_tokenizer(corpus, tmp_path):
     assert logp.shape[-1] == 6
 
 
+def test_progress_bar_can_be_turned_off(corpus, tmp_path, capsys):
+    """kws train-keyword --quiet trains through train(progress=False): no epoch bar on stderr."""
+    train(make_config(corpus, tmp_path / "bar", family="tiny-ctc", epochs=1, data_batch_size=6), progress=True)
+    assert "epoch 1" in capsys.readouterr().err
+    summary = train(make_config(corpus, tmp_path / "quiet", family="tiny-ctc", epochs=1, data_batch_size=6),
+                    progress=False)
+    assert summary["step"] > 0 and "epoch 1" not in capsys.readouterr().err
+
+
 def test_resume_is_exact(corpus, tmp_path):
     """N steps in one go == k steps, stop, resume to N (dropout, SpecAugment, augmentation, accumulation on)."""
     kw = dict(epochs=10, max_steps=12, optim_accum_steps=2, optim_schedule="noam", optim_warmup_steps=4,
