@@ -345,12 +345,12 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     )
 
     phrases = _check_phrases(recipe.phrases)
-    warning = init_warning(phrases, recipe.init)
-    if warning:
-        log.warning("%s", warning)
     out = Path(recipe.out)
     if out.suffix != ".pt":
         raise UsageError(f"{out}: the model is written as a .pt checkpoint (export it to ONNX with kws export)")
+    warning = init_warning(phrases, recipe.init)
+    if warning:
+        log.warning("%s", warning)
     work = Path(recipe.work_dir) if recipe.work_dir else out.with_suffix(".work")
     sr = 16000
     labels = [SILENCE, UNKNOWN, *phrases]
