@@ -179,7 +179,7 @@ def _word_variants(tokens: list[str]) -> list[tuple[str, list[str]]]:
     vowels = [i for i, t in enumerate(tokens) if _is_vowel(t)]
     if len(vowels) >= 2:  # the word without its last vowel ("alex" of alexa), without its first
         cuts += [(tokens[:vowels[-1]], tokens[vowels[-1]:]), (tokens[vowels[0] + 1:], tokens[:vowels[0] + 1])]
-    for k, (part, removed) in enumerate(cuts):
+    for part, removed in cuts:
         # a lone vowel is no near miss; a part that lacks only a swallowable front is the phrase itself
         front_cut = tokens[len(tokens) - len(part):] == part
         if sum(t not in ("'", ",") for t in part) >= 2 and not (front_cut and _swallowable(removed)):
