@@ -13,6 +13,8 @@ DATA ?= data/synthetic
 SENTENCES ?= 3000
 SYSTEM_TOOLS := espeak-ng flite sox
 SYSTEM_LIBS := libportaudio2
+# test processes: 2 fills the 2-core machine (pytest-xdist, one test file per process); 0 = one process
+TEST_JOBS ?= 2
 
 .PHONY: demo test bench system-deps venv clean-data
 
@@ -22,7 +24,7 @@ demo: system-deps venv
 	$(VENV)/bin/asr transcribe --model exp/synthetic/demo/best.pt $$(ls $(DATA)/librispeech/test/*/*/*.flac | head -3)
 
 test: system-deps venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile
 
 bench: venv
 	$(PY) -m pip install -q -e '.[dev,bench]'

@@ -6,6 +6,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# under pytest-xdist (make test), the worker processes share the cores: one share of them each
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def shared_data_dir() -> Path:
     """Real recordings for tests: $ASR_SHARED_DATA, else ../shared/data beside the clone."""
