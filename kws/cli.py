@@ -292,9 +292,11 @@ def _add_train_keyword(sub) -> None:
                    help=f"copies of each --positive recording in training (default {d.positive_repeat})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs of round 1 (default {d.epochs})")
     p.add_argument("--mine-epochs", type=int, default=d.mine_epochs,
-                   help=f"epochs after mining (default {d.mine_epochs}; 0 = no second round)")
+                   help=f"epochs of each round after mining (default {d.mine_epochs}; 0 = no mining, round 1 is the model)")
+    p.add_argument("--mine-rounds", type=int, default=d.mine_rounds,
+                   help=f"mine-and-retrain rounds after round 1, each mining with the model before it (default {d.mine_rounds})")
     p.add_argument("--lr", type=float, default=d.lr,
-                   help=f"peak learning rate of the first round (default {d.lr:g}; the second uses half)")
+                   help=f"peak learning rate of the first round (default {d.lr:g}; the mining rounds use half)")
     p.add_argument("--mine-threshold", type=float, default=d.mine_threshold,
                    help=f"threshold at which windows count as mined (default {d.mine_threshold:g})")
     p.add_argument("--init", default=d.init,
@@ -702,7 +704,7 @@ def run_train_keyword(args) -> int:
 
     fields = {k: getattr(args, k) for k in ("minutes", "target_fa_h", "min_threshold", "positives_per_phrase",
                                             "confusable_clips", "words", "sentences", "silence", "max_negative_windows",
-                                            "positive_repeat", "epochs", "mine_epochs", "lr", "mine_threshold", "init", "seed",
+                                            "positive_repeat", "epochs", "mine_epochs", "mine_rounds", "lr", "mine_threshold", "init", "seed",
                                             "threads", "workers")}
     report = train_keyword(KeywordRecipe(phrases=args.phrases, out=str(args.out), negatives=[str(p) for p in args.negative],
                                          positives=[str(p) for p in args.positive], progress=not args.quiet,

@@ -19,7 +19,9 @@
    keywords' rows).
 4. **mine**: the detector at a low threshold over the negative speech (and the synthetic sentences);
    the windows it fires on join the training set as ``_unknown_`` (4x).
-5. **retrain** from round 1 on that set.
+5. **retrain** from the model before on that set; stages 4-5 repeat ``mine_rounds`` times, each
+   mining with the newest model and keeping the windows of the rounds before (a round that finds
+   no new window ends them).
 6. **calibrate and export**: the lowest threshold whose false alarms per hour on the held-out
    negative speech meet ``target_fa_h`` (the dev talkers' sentences when there is none), stored in
    the exported model, which ``kws detect``/``kws listen`` use as they use the default one.
@@ -69,9 +71,10 @@ class KeywordRecipe:
     positives: list[str] = field(default_factory=list)  # real recordings of a phrase: folders, files, manifests
     positive_repeat: int = 8  # copies of each real positive in the training set
     epochs: int = 8  # round 1
-    mine_epochs: int = 4  # round 2, after mining
-    lr: float = 1e-3  # peak learning rate of round 1 (round 2: half); higher wears away what the init model knew
-    minutes: float = 0.0  # wall-clock cap of the two training rounds together (2/3 and 1/3; 0 = run the epochs)
+    mine_epochs: int = 4  # each round after mining
+    mine_rounds: int = 1  # mine-and-retrain rounds after round 1 (each mines with the model before it)
+    lr: float = 1e-3  # peak learning rate of round 1 (mining rounds: half); higher wears away what the init model knew
+    minutes: float = 0.0  # wall-clock cap of the training (2/3 round 1, 1/3 the mining rounds; 0 = run the epochs)
     mine_threshold: float = 0.3
     target_fa_h: float = 5.0  # false alarms per hour on the held-out negative speech at the shipped threshold
     min_threshold: float = 0.5
@@ -132,9 +135,10 @@ class _Stages:
 
     def done(self, summary: str = "") -> None:
         name, t = self._start
-        self.times[name] = round(time.monotonic() - t, 1)
+        seconds = round(time.monotonic() - t, 1)
+        self.times[name] = round(self.times.get(name, 0.0) + seconds, 1)  # mine/retrain: summed over the rounds
         if self.progress:
-            print(f"    {summary}{'  ' if summary else ''}({self.times[name]:.0f} s)", flush=True)
+            print(f"    {summary}{'  ' if summary else ''}({seconds:.0f} s)", flush=True)
 
 
 def _synthesis_jobs(recipe: KeywordRecipe, phrases: list[str], root: Path, sr: int):
@@ -345,6 +349,8 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     )
 
     phrases = _check_phrases(recipe.phrases)
+    if recipe.mine_rounds < 0:
+        raise UsageError(f"mine_rounds (--mine-rounds) must be >= 0, got {recipe.mine_rounds}")
     out = Path(recipe.out)
     if out.suffix != ".pt":
         raise UsageError(f"{out}: the model is written as a .pt checkpoint (export it to ONNX with kws export)")
@@ -422,24 +428,30 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
                           init, recipe.epochs, recipe.lr, recipe.minutes * 2 / 3)
     stages.done(f"{round1}")
 
-    stages.start("mine", f"round 1's detector at {recipe.mine_threshold:g} over the negative speech")
-    model, model_labels, cfg = load_detector(round1, purpose="kws train-keyword")
-    cfg.threshold = recipe.mine_threshold
-    mine_on = neg_train + [it for it in sentence_items if it["split"] == "train"]
-    mined = mine_hard_negatives(Detector(model, model_labels, config=cfg), mine_on, recipe.mine_threshold,
-                                progress=recipe.progress)
-    mined4 = [dict(it, id=f"{it['id']}#{r}") for it in mined for r in range(4)]
-    mined_manifest = _write(work / "mined.jsonl", mined4)
-    train2 = _write(work / "train_mined.jsonl", split_items["train"] + mined4)
-    report["mined_windows"] = len(mined)
-    stages.done(f"{len(mined)} windows fired ({mined_manifest})")
-
-    stages.start("retrain", f"{recipe.mine_epochs} epochs from round 1 with the mined windows (4x)")
-    final = round1
-    if recipe.mine_epochs > 0 and mined:
-        final = _train_round(recipe, base, "round2", work, train2, dev_manifest, noise_manifest, round1,
-                             recipe.mine_epochs, recipe.lr / 2, recipe.minutes / 3)
-    stages.done(f"{final}")
+    final, mined_all, report["mined_windows"], report["mined_new"] = round1, {}, [], []
+    for r in range(recipe.mine_rounds if recipe.mine_epochs > 0 else 0):
+        name = f"round{r + 2}"
+        stages.start("mine", f"{'round 1' if r == 0 else f'round {r + 1}'}'s detector at {recipe.mine_threshold:g} "
+                             f"over the negative speech (mining round {r + 1} of {recipe.mine_rounds})")
+        model, model_labels, cfg = load_detector(final, purpose="kws train-keyword")
+        cfg.threshold = recipe.mine_threshold
+        mine_on = neg_train + [it for it in sentence_items if it["split"] == "train"]
+        mined = mine_hard_negatives(Detector(model, model_labels, config=cfg), mine_on, recipe.mine_threshold,
+                                    progress=recipe.progress)
+        new = [it for it in mined if it["id"] not in mined_all]  # a window mined again is in the set already
+        mined_all.update((it["id"], it) for it in new)
+        mined4 = [dict(it, id=f"{it['id']}#{k}") for it in mined_all.values() for k in range(4)]
+        mined_manifest = _write(work / f"mined{r + 1}.jsonl", mined4)
+        train_next = _write(work / f"train_mined{r + 1}.jsonl", split_items["train"] + mined4)
+        report["mined_windows"].append(len(mined))
+        report["mined_new"].append(len(new))
+        stages.done(f"{len(mined)} windows fired, {len(new)} new ({mined_manifest})")
+        if not new:
+            break
+        stages.start("retrain", f"{recipe.mine_epochs} epochs from {final.parent.name} with the mined windows (4x)")
+        final = _train_round(recipe, base, name, work, train_next, dev_manifest, noise_manifest, final,
+                             recipe.mine_epochs, recipe.lr / 2, recipe.minutes / 3 / recipe.mine_rounds)
+        stages.done(f"{final}")
 
     stages.start("calibrate and export", f"target {recipe.target_fa_h:g} false alarms per hour")
     model, model_labels, cfg = load_detector(final, purpose="kws train-keyword")

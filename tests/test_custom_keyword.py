@@ -130,12 +130,23 @@ def test_train_keyword_learns_a_phrase_from_text(tmp_path):
     out = tmp_path / "hc.pt"
     r = subprocess.run([sys.executable, "-m", "kws", "train-keyword", "hey computer", "--out", str(out),
                         "--positives", "200", "--confusable-clips", "10", "--words", "150", "--sentences", "20",
-                        "--silence", "40", "--epochs", "8", "--mine-epochs", "1", "--lr", "3e-3", "--quiet"],
+                        "--silence", "40", "--epochs", "8", "--mine-epochs", "1", "--mine-rounds", "2", "--lr", "3e-3",
+                        "--quiet"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["labels"] == ["_silence_", "_unknown_", "hey computer"]
     assert "computer" in report["confusables"]["hey computer"]
+    # two mining rounds, each mining with the model before it; a round trains when it found new windows,
+    # and its set holds the windows of the rounds before it
+    work = out.with_suffix(".work")
+    assert len(report["mined_windows"]) == len(report["mined_new"]) <= 2, report
+    for r, n_new in enumerate(report["mined_new"]):
+        assert (work / f"round{r + 2}" / "done").is_file() == (n_new > 0)
+        ids = [json.loads(line)["id"] for line in (work / f"mined{r + 1}.jsonl").open()]
+        assert len(ids) == 4 * sum(report["mined_new"][: r + 1]) == 4 * len({i.rsplit("#", 1)[0] for i in ids})
+        if r:
+            assert set(ids) >= {json.loads(line)["id"] for line in (work / f"mined{r}.jsonl").open()}
     det = Detector.from_checkpoint(out)
     assert det.keywords == ["hey computer"] and det.cfg.threshold == report["threshold"]
 
@@ -189,3 +200,10 @@ def test_work_dir_is_resumed_with_the_same_settings_and_emptied_with_others(tmp_
     with pytest.raises(UsageError, match="not written by kws train-keyword"):
         _prepare_work_dir(tmp_path / "mine", recipe)
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_negative_mine_rounds_is_a_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kws", "train-keyword", "computer", "--out", str(tmp_path / "m.pt"),
+                        "--mine-rounds", "-1", "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "(--mine-rounds) must be >= 0, got -1" in r.stderr, r.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # nothing written
