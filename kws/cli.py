@@ -248,6 +248,7 @@ def _add_mine(sub) -> None:
 
 
 def _add_train_keyword(sub) -> None:
+    from asr.data.tts import ESPEAK_VOICES, FLITE_VOICES
     from kws.custom import KeywordRecipe
 
     d = KeywordRecipe(phrases=[], out="")
@@ -281,6 +282,10 @@ def _add_train_keyword(sub) -> None:
                    help=f"never store a threshold below this (default {d.min_threshold:g})")
     p.add_argument("--positives", type=int, default=d.positives_per_phrase, dest="positives_per_phrase",
                    help=f"synthesized clips per phrase (default {d.positives_per_phrase})")
+    p.add_argument("--voices", nargs="+", default=[], metavar="VOICE",
+                   help=f"say the phrase only with these synthesizer voices (espeak-ng: {', '.join(ESPEAK_VOICES)}; "
+                        f"flite: {', '.join(FLITE_VOICES)}; one flite voice is kept for testing), e.g. the accent of "
+                        "your users; the negatives keep every voice (default: all)")
     p.add_argument("--confusable-clips", type=int, default=d.confusable_clips,
                    help=f"synthesized clips per near miss (default {d.confusable_clips})")
     p.add_argument("--words", type=int, default=d.words, help=f"clips of other words (default {d.words})")
@@ -702,7 +707,7 @@ def run_cut(args) -> int:
 def run_train_keyword(args) -> int:
     from kws.custom import KeywordRecipe, train_keyword
 
-    fields = {k: getattr(args, k) for k in ("minutes", "target_fa_h", "min_threshold", "positives_per_phrase",
+    fields = {k: getattr(args, k) for k in ("voices", "minutes", "target_fa_h", "min_threshold", "positives_per_phrase",
                                             "confusable_clips", "words", "sentences", "silence", "max_negative_windows",
                                             "positive_repeat", "epochs", "mine_epochs", "mine_rounds", "lr", "mine_threshold", "init", "seed",
                                             "threads", "workers")}

@@ -61,6 +61,7 @@ class KeywordRecipe:
     out: str
     work_dir: str = ""  # default: OUT without its suffix + ".work"
     positives_per_phrase: int = 800  # synthesized clips of each phrase
+    voices: list[str] = field(default_factory=list)  # say the phrase only with these voices (e.g. en-us, slt; [] = all)
     confusable_clips: int = 40  # synthesized clips of each near miss
     words: int = 2500  # clips of other words
     sentences: int = 300  # synthesized sentences (cut into one-second windows)
@@ -102,6 +103,16 @@ def _check_phrases(phrases: Sequence[str]) -> list[str]:
     if not out:
         raise UsageError("give at least one phrase")
     return out
+
+
+def _check_voices(voices: Sequence[str], seed: int) -> None:
+    """A voice no training talker speaks with is a usage error."""
+    from asr.data.tts import list_speakers
+
+    known = sorted({spk.voice for spk in list_speakers(seed) if spk.split != "test"})
+    unknown = sorted(set(voices) - set(known))
+    if unknown:
+        raise UsageError(f"unknown voice(s) {', '.join(unknown)}: the synthetic talkers speak with {', '.join(known)}")
 
 
 def recording_items(inputs: Sequence[str | os.PathLike], phrases: Sequence[str]) -> list[dict]:
@@ -165,11 +176,14 @@ def _synthesis_jobs(recipe: KeywordRecipe, phrases: list[str], root: Path, sr: i
     def n_dev(n: int) -> int:  # dev clips: a tenth, said by the dev talkers
         return max(4, n // 10)
 
+    said_by = by_split  # the phrase's talkers; negatives keep every talker, so the voice is no cue for the phrase
+    if recipe.voices:
+        said_by = {s: [spk for spk in v if spk.voice in recipe.voices] or v for s, v in by_split.items()}
     near: dict[str, list[str]] = {}
     for p in phrases:
         slug = phrase_slug(p)
         for split, n in (("train", recipe.positives_per_phrase), ("dev", n_dev(recipe.positives_per_phrase))):
-            pool = by_split[split]
+            pool = said_by[split]
             for i in range(n):  # every talker in turn, then again with new jitter
                 spk = pool[i % len(pool)]
                 rel = f"positive/{slug}/{split}-{i:05d}.wav"
@@ -349,6 +363,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     )
 
     phrases = _check_phrases(recipe.phrases)
+    _check_voices(recipe.voices, recipe.seed)
     if recipe.mine_rounds < 0:
         raise UsageError(f"mine_rounds (--mine-rounds) must be >= 0, got {recipe.mine_rounds}")
     out = Path(recipe.out)

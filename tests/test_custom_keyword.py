@@ -207,3 +207,21 @@ def test_negative_mine_rounds_is_a_usage_error(tmp_path):
                         "--mine-rounds", "-1", "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "(--mine-rounds) must be >= 0, got -1" in r.stderr, r.stderr[-2000:]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_voices_choose_who_says_the_phrase_and_only_that(tmp_path):
+    from asr.errors import UsageError
+    from kws.custom import KeywordRecipe, _check_voices, _synthesis_jobs
+
+    recipe = KeywordRecipe(phrases=["computer"], out=str(tmp_path / "m.pt"), voices=["en-us", "slt"], words=50,
+                           sentences=20, silence=10)
+    jobs, items, _, _ = _synthesis_jobs(recipe, ["computer"], tmp_path, 16000)
+    positive = [j for j in jobs if j.path.parts[-3] == "positive"]
+    assert len(positive) == 800 + 80 and {j.speaker.voice for j in positive} == {"en-us", "slt"}
+    negative_voices = {j.speaker.voice for j in jobs if j.speaker is not None and j.path.parts[-3] != "positive"}
+    assert {"en-gb", "kal"} <= negative_voices  # other speech keeps every voice
+    everyone = _synthesis_jobs(KeywordRecipe(phrases=["computer"], out="m.pt", words=50, sentences=20, silence=10),
+                               ["computer"], tmp_path, 16000)[0]
+    assert len({j.speaker.voice for j in everyone if j.path.parts[-3] == "positive"}) > 6
+    with pytest.raises(UsageError, match="unknown voice.*en-au"):
+        _check_voices(["en-us", "en-au"], 0)
