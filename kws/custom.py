@@ -444,13 +444,12 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
     stages.done(f"{round1}")
 
     final, mined_all, report["mined_windows"], report["mined_new"] = round1, {}, [], []
+    mine_on = neg_train + [it for it in sentence_items if it["split"] == "train"]
     for r in range(recipe.mine_rounds if recipe.mine_epochs > 0 else 0):
-        name = f"round{r + 2}"
-        stages.start("mine", f"{'round 1' if r == 0 else f'round {r + 1}'}'s detector at {recipe.mine_threshold:g} "
-                             f"over the negative speech (mining round {r + 1} of {recipe.mine_rounds})")
+        stages.start("mine", f"round {r + 1}'s detector at {recipe.mine_threshold:g} over the negative speech "
+                             f"(mining round {r + 1} of {recipe.mine_rounds})")
         model, model_labels, cfg = load_detector(final, purpose="kws train-keyword")
         cfg.threshold = recipe.mine_threshold
-        mine_on = neg_train + [it for it in sentence_items if it["split"] == "train"]
         mined = mine_hard_negatives(Detector(model, model_labels, config=cfg), mine_on, recipe.mine_threshold,
                                     progress=recipe.progress)
         new = [it for it in mined if it["id"] not in mined_all]  # a window mined again is in the set already
@@ -464,7 +463,7 @@ def train_keyword(recipe: KeywordRecipe) -> dict:
         if not new:
             break
         stages.start("retrain", f"{recipe.mine_epochs} epochs from {final.parent.name} with the mined windows (4x)")
-        final = _train_round(recipe, base, name, work, train_next, dev_manifest, noise_manifest, final,
+        final = _train_round(recipe, base, f"round{r + 2}", work, train_next, dev_manifest, noise_manifest, final,
                              recipe.mine_epochs, recipe.lr / 2, recipe.minutes / 3 / recipe.mine_rounds)
         stages.done(f"{final}")
 
